@@ -1,0 +1,29 @@
+"""Expression models: ``list_models()``, ``create_model(name, weights=None, device=...)``."""
+
+from .registry import (
+    CropConfig,
+    ExpressionModel,
+    ModelConfig,
+    ModelError,
+    create_model,
+    get_config,
+    list_models,
+    register_model,
+)
+
+# Each module below registers its models on import.
+from . import mini_xception  # noqa: E402,F401  isort: skip
+
+DEFAULT_MODEL = "fer-mini-xception"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CropConfig",
+    "ExpressionModel",
+    "ModelConfig",
+    "ModelError",
+    "create_model",
+    "get_config",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,253 @@
+"""Model registry: one config per model, next to the code that builds it (the timm way).
+
+A model module defines its network and registers a :class:`ModelConfig`::
+
+    register_model(ModelConfig(name="fer-mini-xception", builder=MiniXception, ...))
+
+``create_model(name)`` then builds the network, loads the bundled weights (or ``weights=PATH``)
+and returns an :class:`ExpressionModel` that turns face crops into canonical outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..schema import EXPRESSIONS
+from .va import centroid_va
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class ModelError(Exception):
+    """A model cannot be built or its weights cannot be loaded (message is user-facing)."""
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How a face box becomes the network's input image.
+
+    margin: fraction of the box's width/height added on each side.
+    margin_px: pixels added on each side (after ``margin``).
+    square: "none" keeps the box's aspect ratio (the crop is stretched to the input size);
+        "expand" grows the shorter side of the box around its centre before cropping;
+        "pad" crops the box, then pads the crop to a square with ``pad_value`` (centred).
+    Regions outside the frame are filled with ``pad_value``.
+    """
+
+    margin: float = 0.0
+    margin_px: float = 0.0
+    square: str = "none"
+    pad_value: int = 0
+    resample: str = "bilinear"  # PIL filter name: nearest | bilinear | bicubic | area
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a model and feed it (input size, normalisation, classes)."""
+
+    name: str
+    builder: Callable[[], nn.Module]
+    description: str
+    input_size: int
+    channels: int  # 1 = grayscale, 3 = RGB
+    mean: tuple[float, ...]  # on pixels scaled to [0, 1]
+    std: tuple[float, ...]
+    #: Native output order of the class logits, as canonical names from schema.EXPRESSIONS.
+    classes: tuple[str, ...]
+    #: "head": valence, arousal are the two outputs after the class logits (as CAGE);
+    #: "centroid": expected AffectNet class centroid under the class probabilities.
+    va_method: str
+    crop: CropConfig = field(default_factory=CropConfig)
+    #: File name under cage_cli/models/weights/, or None when the user must pass --weights.
+    weights: str | None = None
+    #: "logits" (softmax applied here) or "probs" (the network ends in a softmax).
+    output: str = "logits"
+    #: Clip head valence/arousal to [-1, 1].
+    clip_va: bool = True
+    licence: str = ""
+    training_data: str = ""
+    card: str = ""  # path of the model card, relative to the repository root
+
+    @property
+    def bundled(self) -> bool:
+        return self.weights is not None
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register_model(config: ModelConfig) -> ModelConfig:
+    if config.name in _REGISTRY:
+        raise ValueError(f"model {config.name!r} registered twice")
+    unknown = set(config.classes) - set(EXPRESSIONS)
+    if unknown:
+        raise ValueError(f"{config.name}: unknown classes {sorted(unknown)}")
+    _REGISTRY[config.name] = config
+    return config
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown model {name!r}; available: {', '.join(list_models())}"
+        ) from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(net: nn.Module, path: Path, name: str) -> None:
+    """Load a torch state dict (weights_only) into ``net``; name missing/unexpected keys."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"weights file not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a user-facing error
+        raise ModelError(f"cannot read weights {path}: {e}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # checkpoints written by `cage train`
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} does not hold a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        raise ModelError(f"{path} does not fit model {name}: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ModelError(
+            f"{path} does not fit model {name}: {k} has shape {tuple(state[k].shape)}, "
+            f"expected {tuple(own[k].shape)}"
+        )
+    net.load_state_dict(state)
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+class ExpressionModel:
+    """A network with its config: preprocessed crops in, canonical predictions out."""
+
+    def __init__(self, net: nn.Module, config: ModelConfig, weights_sha256: str | None,
+                 device: torch.device, dtype: torch.dtype = torch.float32):
+        self.net = net.eval().to(device=device, dtype=dtype)
+        self.config = config
+        self.weights_sha256 = weights_sha256
+        self.device = device
+        self.dtype = dtype
+        self._mean = torch.tensor(config.mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(config.std, device=device).view(1, -1, 1, 1)
+        self._canon = [EXPRESSIONS.index(c) for c in config.classes]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 crops (N, H, W, C) -> normalised float input (N, C, H, W) on the device."""
+        x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    @torch.inference_mode()
+    def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
+        """Predict from uint8 crops (N, H, W, C) made by :func:`cage_cli.preprocess.crop_faces`.
+
+        Returns ``probs`` (N, 8) in canonical order with NaN for classes the model lacks,
+        ``valence`` and ``arousal`` (N,), all float32 numpy arrays.
+        """
+        n = crops.shape[0]
+        k = len(self.config.classes)
+        probs = np.full((n, len(EXPRESSIONS)), np.nan, dtype=np.float32)
+        if n == 0:
+            empty = np.zeros(0, np.float32)
+            return {"probs": probs, "valence": empty, "arousal": empty.copy()}
+        out = self.net(self.normalize(crops)).float()
+        if k:
+            logits = out[:, :k]
+            p = logits if self.config.output == "probs" else logits.softmax(dim=1)
+            probs[:, self._canon] = p.cpu().numpy()
+        if self.config.va_method == "head":
+            va = out[:, k:k + 2]
+            if self.config.clip_va:
+                va = va.clamp(-1, 1)
+            va = va.cpu().numpy()
+            valence, arousal = va[:, 0], va[:, 1]
+        else:
+            valence, arousal = centroid_va(probs)
+        return {"probs": probs, "valence": valence.astype(np.float32),
+                "arousal": arousal.astype(np.float32)}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("device 'mps' requested but MPS is not available")
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in table:
+        raise ModelError(f"unknown precision {precision!r} (auto, fp32, fp16, bf16)")
+    if precision == "fp16" and device.type == "cpu":
+        raise ModelError("fp16 is not supported on CPU; use fp32 or bf16")
+    return table[precision]
+
+
+def create_model(name: str, weights: str | Path | None = None, device: str = "auto",
+                 precision: str = "auto") -> ExpressionModel:
+    """Build a registered model with its bundled weights (or ``weights``)."""
+    config = get_config(name)
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    net = config.builder()
+    if weights is None:
+        if config.weights is None:
+            raise ModelError(
+                f"model {name} ships no weights; pass --weights PATH (see {config.card})"
+            )
+        path = WEIGHTS_DIR / config.weights
+    else:
+        path = Path(weights)
+    load_state_dict(net, path, name)
+    return ExpressionModel(net, config, sha256_file(path), dev, dtype)

@@ -1,0 +1,55 @@
+"""The output schema: one row per face, defined once here and documented in docs/schema.md."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+#: Canonical expression classes, in AffectNet-8 order (the order CAGE uses).
+EXPRESSIONS: tuple[str, ...] = (
+    "neutral",
+    "happy",
+    "sad",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
+)
+
+#: MTCNN's five landmarks, in its output order.
+LANDMARKS: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{e}" for e in EXPRESSIONS)
+LANDMARK_COLUMNS: tuple[str, ...] = tuple(f"{p}_{a}" for p in LANDMARKS for a in ("x", "y"))
+
+f32 = pa.float32()
+
+SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("media", pa.string(), nullable=False),  # image | video
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("timestamp_s", pa.float64()),  # null for images
+        pa.field("frame_width", pa.int32(), nullable=False),
+        pa.field("frame_height", pa.int32(), nullable=False),
+        pa.field("face_index", pa.int32()),  # null on --keep-empty rows
+        pa.field("face_source", pa.string()),  # detected | padded | whole_image
+        pa.field("x1", f32),
+        pa.field("y1", f32),
+        pa.field("x2", f32),
+        pa.field("y2", f32),
+        pa.field("det_score", f32),
+        *[pa.field(c, f32) for c in LANDMARK_COLUMNS],
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        *[pa.field(c, f32) for c in PROB_COLUMNS],
+        pa.field("valence", f32),
+        pa.field("arousal", f32),
+        pa.field("va_method", pa.string()),  # head | centroid
+    ],
+    metadata={"cage.schema_version": SCHEMA_VERSION},
+)
+
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
