@@ -1,0 +1,32 @@
+"""cage: annotate faces in photos and videos with facial expression, valence and arousal.
+
+Library entry points (imported lazily so that ``cage --help`` does not load torch)::
+
+    from cage_cli import annotate, AnnotateOptions, create_model, list_models, SCHEMA
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "annotate": "pipeline",
+    "AnnotateOptions": "pipeline",
+    "RunOptions": "pipeline",
+    "Pipeline": "pipeline",
+    "annotate_to": "runner",
+    "create_model": "models",
+    "list_models": "models",
+    "SCHEMA": "schema",
+    "SCHEMA_VERSION": "schema",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cage_cli' has no attribute {name!r}")

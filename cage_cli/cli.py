@@ -1,8 +1,17 @@
-"""The `cage` command line: a thin Typer layer over the library (cage_cli.annotate etc.)."""
+"""The `cage` command line: a thin Typer layer over the library (cage_cli.annotate etc.).
+
+Heavy imports (torch, the models) happen inside the commands so that `cage --help` is quick.
+"""
 
 from __future__ import annotations
 
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(
     name="cage",
@@ -10,4 +19,354 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line on stderr and exit with ``code``."""
+    err.print(f"cage: error: {message}", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def _debug_guard(debug: bool, exc: BaseException) -> None:
+    if debug:
+        traceback.print_exception(exc)
+    fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+@app.command()
+def annotate(
+    inputs: Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
+        help="Photos, videos, folders (searched recursively) or glob patterns.",
+        show_default=False)] = None,
+    output: Annotated[str, typer.Option(
+        "-o", "--output",
+        help="Output: out.parquet | out.jsonl | out.csv, a folder/ (Parquet dataset of part "
+             "files, resumable, shardable) or - (JSON lines on stdout).")] = ...,
+    files_from: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Read more input paths from this file, one per line ('-' = stdin).")] = None,
+    fmt: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--format", help="parquet | jsonl | csv (default: from the output's extension).")] = None,
+    model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Model name from `cage models` (default: the bundled default model).")] = None,
+    weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Local weights file (a state dict) for --model.")] = None,
+    fps: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Videos: sample this many frames per second of video time.",
+        rich_help_panel="Video sampling")] = None,
+    every: Annotated[int, typer.Option(
+        help="Videos: keep every N-th (sampled) frame.", rich_help_panel="Video sampling")] = 1,
+    max_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Videos: at most N frames per video.", rich_help_panel="Video sampling")] = None,
+    start: Annotated[float, typer.Option(
+        help="Videos: start at S seconds.", rich_help_panel="Video sampling")] = 0.0,
+    end: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Videos: stop at S seconds.", rich_help_panel="Video sampling")] = None,
+    detector: Annotated[str, typer.Option(
+        help="mtcnn: detect faces. none: each image/frame is one face (pre-cropped "
+             "datasets). auto: mtcnn, then retry images without a face on a padded copy, "
+             "then treat small images (<= 256 px) as one face.",
+        rich_help_panel="Detection")] = "mtcnn",
+    min_face: Annotated[float, typer.Option(
+        help="Smallest face kept, in pixels (shorter box side, full resolution).",
+        rich_help_panel="Detection")] = 20.0,
+    det_threshold: Annotated[float, typer.Option(
+        help="Smallest MTCNN final-stage probability kept.",
+        rich_help_panel="Detection")] = 0.9,
+    max_faces: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Keep only the K largest faces per frame.", rich_help_panel="Detection")] = None,
+    det_max_side: Annotated[int, typer.Option(
+        help="Detect on a copy downscaled to this longer side (0 = full resolution); boxes "
+             "are mapped back and crops come from the full frame.",
+        rich_help_panel="Detection")] = 1280,
+    keep_empty: Annotated[bool, typer.Option(
+        help="Add a row with null face fields for each frame or image without a face.")] = False,
+    batch_size: Annotated[int, typer.Option(
+        help="Faces per model call.", rich_help_panel="Performance")] = 64,
+    frames_per_batch: Annotated[int, typer.Option(
+        help="Frames per detection call.", rich_help_panel="Performance")] = 16,
+    device: Annotated[str, typer.Option(
+        help="auto | cpu | cuda | cuda:N | mps.", rich_help_panel="Performance")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.",
+        rich_help_panel="Performance")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="CPU threads for torch (default: torch's choice).",
+        rich_help_panel="Performance")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run into the same output; finished inputs are skipped.",
+        rich_help_panel="Runs")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing output.", rich_help_panel="Runs")] = False,
+    shard: Annotated[str, typer.Option(
+        help="I/N: process only shard I of N (N processes together cover every input once; "
+             "needs a folder output).", rich_help_panel="Runs")] = "0/1",
+    errors: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Append one JSON line per failed file to this file.",
+        rich_help_panel="Runs")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+        help="No progress bar and no summary.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Find faces in photos and videos and write one row per face: box, landmarks, expression
+    probabilities, label, valence and arousal. Schema: docs/schema.md.
+
+    Exit codes: 0 all inputs done, 1 some files failed (the others' rows are written),
+    2 usage error, 130/143 interrupted (resume with --resume).
+    """
+    from .decode import Sampling
+    from .detect import DETECTORS, DetectOptions
+    from .inputs import discover, parse_shard, read_list
+    from .models import DEFAULT_MODEL, ModelError
+    from .pipeline import AnnotateOptions, RunOptions
+    from .progress import RunProgress, print_summary
+    from .runner import annotate_to
+    from .write import OutputError
+
+    paths = list(inputs or [])
+    if files_from:
+        try:
+            paths += read_list(files_from)
+        except OSError as e:
+            fail(f"cannot read --files-from {files_from}: {e.strerror or e}")
+    if not paths:
+        fail("no inputs given (pass files, folders or globs, or --files-from)")
+    if detector not in DETECTORS:
+        fail(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    for name, value in (("--batch-size", batch_size), ("--every", every),
+                        ("--frames-per-batch", frames_per_batch)):
+        if value < 1:
+            fail(f"{name} must be at least 1")
+    if fps is not None and fps <= 0:
+        fail("--fps must be positive")
+    try:
+        shard_ij = parse_shard(shard)
+    except ValueError as e:
+        fail(str(e))
+    found = discover(paths)
+    if not found.files and not found.errors:
+        fail(f"nothing to do: no image or video files in {', '.join(paths)}"
+             + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+    options = AnnotateOptions(
+        model=model or DEFAULT_MODEL,
+        weights=str(Path(weights).resolve()) if weights else None,
+        sampling=Sampling(fps=fps, every=every, max_frames=max_frames, start=start, end=end),
+        detect=DetectOptions(detector=detector, threshold=det_threshold, min_face=min_face,
+                             max_faces=max_faces, max_side=det_max_side or None),
+        keep_empty=keep_empty,
+    )
+    run = RunOptions(device=device, precision=precision, batch_size=batch_size,
+                     frames_per_batch=frames_per_batch, threads=threads)
+    show = not quiet and err.is_terminal
+    progress = RunProgress(err, enabled=show)
+    try:
+        with progress:
+            summary = annotate_to(
+                paths, output, options, run, fmt=fmt, resume=resume, overwrite=overwrite,
+                shard=shard_ij, errors_file=errors, found=found,
+                on_start=progress.start, on_result=progress.update,
+                log=progress.log,
+            )
+    except (OutputError, ModelError) as e:
+        fail(str(e), getattr(e, "exit_code", 2))
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    if not quiet:
+        print_summary(err, summary)
+    if summary.interrupted:
+        err.print(f"cage: interrupted by {summary.interrupted}; finished inputs are saved. "
+                  f"Resume with the same command plus --resume.", markup=False)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command("models")
+def models_cmd(
+    name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="Show this model's config and card.", show_default=False)] = None,
+) -> None:
+    """List the registered expression models, or show one model's config and card."""
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    from .models import DEFAULT_MODEL, ModelError, get_config, list_models
+
+    out = Console()
+    if name is None:
+        table = Table(title="cage models")
+        for col in ("name", "input", "classes", "VA", "weights", "licence"):
+            table.add_column(col)
+        for n in list_models():
+            c = get_config(n)
+            table.add_row(
+                n + (" (default)" if n == DEFAULT_MODEL else ""),
+                f"{c.input_size}x{c.input_size} {'gray' if c.channels == 1 else 'RGB'}",
+                str(len(c.classes)) if c.classes else "-",
+                c.va_method,
+                "bundled" if c.bundled else "needs --weights",
+                c.licence,
+            )
+        out.print(table)
+        return
+    try:
+        c = get_config(name)
+    except ModelError as e:
+        fail(str(e))
+    for key in ("name", "description", "input_size", "channels", "mean", "std", "classes",
+                "va_method", "crop", "weights", "licence", "training_data", "card"):
+        out.print(f"[bold]{key}[/]: {getattr(c, key)}", highlight=False)
+    card = Path(__file__).resolve().parent.parent / c.card
+    if c.card and card.exists():
+        out.print(Markdown(card.read_text()))
+
+
+# --- cage train / cage evaluate (issue 5; code in train.py, evaluate.py) -----------------
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[str, typer.Argument(
+        help="Training data: a CSV (image path, expression index, valence, arousal), a folder "
+             "of class folders, or an AffectNet folder (images/, annotations/). See "
+             "docs/training.md.", show_default=False)],
+    out: Annotated[str, typer.Option("-o", "--out", help="Run folder: last.pt, best.pt, "
+                                     "metrics.csv, metrics.jsonl.")] = "runs/cage",
+    val: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Validation data (same layouts); picks best.pt.")] = None,
+    images: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Folder that CSV image paths are relative to (default: the CSV's).")] = None,
+    val_images: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The same for --val.")] = None,
+    task: Annotated[str, typer.Option(
+        help="combined: expressions + valence/arousal (CE + alpha*MSE). discrete: expressions "
+             "only. va: valence/arousal only (CCC + beta*MSE).")] = "combined",
+    classes: Annotated[int, typer.Option(help="8 (AffectNet-8) or 7 (no contempt).")] = 8,
+    backbone: Annotated[str, typer.Option(
+        help="maxvit_t (torchvision, the paper's) or any timm model name.",
+        rich_help_panel="Model")] = "maxvit_t",
+    input_size: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Input size for timm backbones (default: the backbone's).",
+        rich_help_panel="Model")] = None,
+    pretrained_file: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Local ImageNet weights for the backbone (nothing is downloaded).",
+        rich_help_panel="Model")] = None,
+    init: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Start from the matching tensors of a checkpoint or state dict.",
+        rich_help_panel="Model")] = None,
+    epochs: Annotated[int, typer.Option(rich_help_panel="Optimisation")] = 20,
+    batch_size: Annotated[int, typer.Option(rich_help_panel="Optimisation")] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (cosine schedule).",
+                                      rich_help_panel="Optimisation")] = 5e-5,
+    weight_decay: Annotated[float, typer.Option(rich_help_panel="Optimisation")] = 0.01,
+    alpha: Annotated[float, typer.Option(help="combined: weight of the VA MSE.",
+                                         rich_help_panel="Optimisation")] = 5.0,
+    beta: Annotated[float, typer.Option(help="va: weight of the MSE next to CCC.",
+                                        rich_help_panel="Optimisation")] = 3.0,
+    class_weights: Annotated[str, typer.Option(
+        help="paper (the authors' AffectNet weights) | auto (inverse frequency) | none | "
+             "comma-separated list.", rich_help_panel="Optimisation")] = "paper",
+    augment: Annotated[bool, typer.Option(help="The paper's augmentation.",
+                                          rich_help_panel="Optimisation")] = True,
+    balance: Annotated[bool, typer.Option(help="Subsample classes to the smallest one.",
+                                          rich_help_panel="Optimisation")] = False,
+    crop: Annotated[bool, typer.Option(
+        help="Images are raw photos: crop the largest MTCNN face first.")] = False,
+    monitor: Annotated[str, typer.Option(
+        help="best.pt by validation loss | f1 | accuracy | ccc | rmse.")] = "loss",
+    max_steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Stop after this many optimiser steps in total.")] = None,
+    workers: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Data loader processes (default: min(8, CPUs)).",
+        rich_help_panel="Performance")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.",
+                                        rich_help_panel="Performance")] = "auto",
+    amp: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--amp/--no-amp", help="Mixed precision (default: on for CUDA).",
+        rich_help_panel="Performance")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Train a CAGE model (MaxViT-T + expression/valence/arousal head) with the paper's recipe."""
+    from .datasets import DataError, user_message
+    from .models import ModelError
+    from .train import TrainError, TrainOptions, train
+
+    opts = TrainOptions(
+        data=data, out=out, val=val, images=images, val_images=val_images, task=task,
+        classes=classes, backbone=backbone, input_size=input_size,
+        pretrained_file=pretrained_file, init=init, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, alpha=alpha, beta=beta, class_weights=class_weights,
+        augment=augment, balance=balance, crop=crop, monitor=monitor, max_steps=max_steps,
+        workers=workers, device=device, amp=amp, seed=seed, resume=resume, quiet=quiet)
+    try:
+        train(opts)
+    except (DataError, ModelError, TrainError) as e:
+        fail(user_message(e))
+    except KeyboardInterrupt:
+        fail(f"interrupted; continue with the same command plus --resume (from {out}/last.pt)",
+             130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: Annotated[str, typer.Argument(
+        help="Labelled faces: a CSV, a folder of class folders or an AffectNet folder.",
+        show_default=False)],
+    model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Model name from `cage models` (default: from a `cage train` checkpoint).")] = None,
+    weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Local weights: a state dict or a `cage train` checkpoint.")] = None,
+    json_out: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--json", help="Write all metrics as JSON here ('-' = stdout, no table).")] = None,
+    predictions: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Write per-image predictions to this CSV.")] = None,
+    images: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Folder that CSV image paths are relative to (default: the CSV's).")] = None,
+    crop: Annotated[bool, typer.Option(
+        help="Images are raw photos: crop the largest MTCNN face (else: pre-cropped faces).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(rich_help_panel="Performance")] = 32,
+    workers: Annotated[int, typer.Option(help="Data loader processes.",
+                                         rich_help_panel="Performance")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.",
+                                        rich_help_panel="Performance")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16.",
+                                           rich_help_panel="Performance")] = "auto",
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Accuracy, precision/recall/F1, confusion matrix and valence/arousal MSE/MAE/RMSE/CCC."""
+    from .datasets import DataError, user_message
+    from .evaluate import evaluate, print_report, write_json
+    from .models import ModelError
+
+    if batch_size < 1:
+        fail("--batch-size must be at least 1")
+    try:
+        result = evaluate(data, model, weights, images=images, crop=crop, batch_size=batch_size,
+                          device=device, precision=precision, workers=workers,
+                          predictions=predictions, console=err)
+    except (DataError, ModelError) as e:
+        fail(user_message(e))
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    if json_out != "-":
+        print_report(result, Console())
+    if json_out:
+        try:
+            write_json(result, json_out)
+        except OSError as e:
+            fail(f"cannot write {json_out}: {e.strerror or e}")
+
+
+def main() -> None:  # pragma: no cover - console script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,150 @@
+"""Stage 2: decode. A media file -> sampled RGB frames (Pillow for images, decord for videos)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .inputs import MediaFile
+
+# Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
+Image.MAX_IMAGE_PIXELS = 250_000_000
+#: Decode videos in chunks of about this many bytes of RGB frames (get_batch per chunk).
+CHUNK_BYTES = 96 * 2**20
+
+
+class DecodeError(Exception):
+    """A file cannot be (fully) decoded. The message is the user-facing reason."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which video frames to use. Images always give one frame."""
+
+    fps: float | None = None  # sample at this many frames per second of video time
+    every: int = 1  # then keep every N-th
+    max_frames: int | None = None
+    start: float = 0.0  # seconds
+    end: float | None = None
+
+
+@dataclass
+class Frame:
+    source: str
+    media: str
+    index: int
+    timestamp: float | None  # seconds from the video's own timestamps; None for images
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+def frames(file: MediaFile, sampling: Sampling = Sampling()) -> Iterator[Frame]:
+    """Yield the sampled frames of ``file``; raises DecodeError (after any good frames)."""
+    _check_readable(file.path)
+    if file.media == "image":
+        yield Frame(file.path, "image", 0, None, load_image(file.path))
+    else:
+        yield from _video_frames(file.path, sampling)
+
+
+def _check_readable(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            if not f.read(1):
+                raise DecodeError("empty file (0 bytes)")
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except IsADirectoryError:
+        raise DecodeError("is a folder") from None
+    except OSError as e:
+        raise DecodeError(e.strerror or str(e)) from None
+
+
+def load_image(path: str) -> np.ndarray:
+    """Open an image as (H, W, 3) uint8 RGB: EXIF orientation applied, any mode converted.
+
+    Animated images (GIF, WebP, TIFF pages) give their first frame.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+                pass
+            return np.asarray(to_rgb(im))
+    except Image.DecompressionBombError:
+        raise DecodeError(f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DecodeError(f"cannot decode image: {e}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode in ("LA", "PA", "RGBA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return im.convert("RGB")
+
+
+def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
+    """Indices of the frames to use, from each frame's start time in seconds."""
+    idx = np.arange(len(timestamps))
+    keep = timestamps >= s.start - 1e-6
+    if s.end is not None:
+        keep &= timestamps < s.end
+    idx = idx[keep]
+    if s.fps and len(idx):
+        t = timestamps[idx]
+        targets = t[0] + np.arange(0.0, t[-1] - t[0] + 1e-9, 1.0 / s.fps)
+        pos = np.searchsorted(t, targets - 1e-6)
+        idx = np.unique(idx[pos[pos < len(idx)]])
+    if s.every > 1:
+        idx = idx[:: s.every]
+    if s.max_frames is not None:
+        idx = idx[: s.max_frames]
+    return idx
+
+
+def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
+    import decord
+
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n == 0:
+            raise DecodeError("video has no decodable frames")
+        timestamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
+        h, w = vr[0].shape[:2] if n else (0, 0)
+    except DecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decord raises its own error types
+        raise DecodeError(f"cannot open video: {_first_line(e)}") from None
+    idx = sample_indices(timestamps, sampling)
+    chunk = max(1, CHUNK_BYTES // max(1, h * w * 3))
+    for lo in range(0, len(idx), chunk):
+        part = idx[lo : lo + chunk]
+        try:
+            batch = vr.get_batch(part.tolist()).asnumpy()
+        except Exception as e:  # noqa: BLE001
+            raise DecodeError(
+                f"video stream breaks at frame {int(part[0])}: {_first_line(e)}"
+            ) from None
+        for i, image in zip(part, batch, strict=True):
+            yield Frame(path, "video", int(i), float(timestamps[i]), image)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,152 @@
+"""Stage 3: find faces. MTCNN (facenet-pytorch), batched over frames of equal size.
+
+Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
+are mapped back to full-resolution pixels, and crops are always cut from the full frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DETECTORS = ("mtcnn", "auto", "none")
+
+
+@dataclass
+class Faces:
+    """Detections of one frame, in full-resolution pixels."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (K,) float32; NaN where no detector ran
+    landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
+    source: str = "detected"  # detected | padded | whole_image
+
+    @classmethod
+    def empty(cls) -> Faces:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, 5, 2), np.float32))
+
+    @classmethod
+    def whole(cls, width: int, height: int) -> Faces:
+        """One face covering the whole frame (pre-cropped faces, --detector none)."""
+        return cls(np.array([[0, 0, width, height]], np.float32), np.full(1, np.nan, np.float32),
+                   np.full((1, 5, 2), np.nan, np.float32), "whole_image")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    detector: str = "mtcnn"  # mtcnn | auto | none
+    threshold: float = 0.9  # final-stage probability
+    min_face: float = 20.0  # pixels, shorter box side at full resolution
+    max_faces: int | None = None  # keep the K largest
+    max_side: int | None = 1280  # detect on a copy whose longer side is at most this
+    #: --detector auto: border added on each side, as a fraction of the image size
+    pad: float = 0.35
+    #: --detector auto: images whose longer side is at most this fall back to the whole image
+    whole_max_side: int = 256
+
+
+class Detector:
+    """MTCNN with our thresholds; call with a list of (H, W, 3) uint8 frames."""
+
+    def __init__(self, options: DetectOptions, device: torch.device | str = "cpu"):
+        from facenet_pytorch import MTCNN
+
+        self.options = options
+        self.device = torch.device(device)
+        self.mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False,
+                           select_largest=False, min_face_size=20)
+
+    def __call__(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> list[Faces]:
+        o = self.options
+        if o.detector == "none":
+            return [Faces.whole(im.shape[1], im.shape[0]) for im in images]
+        out = self.detect(images)
+        if o.detector == "auto":
+            flags = is_image if is_image is not None else [True] * len(images)
+            for i, (im, faces) in enumerate(zip(images, out, strict=True)):
+                if len(faces) == 0 and flags[i]:
+                    out[i] = self._retry(im)
+        return out
+
+    def detect(self, images: list[np.ndarray]) -> list[Faces]:
+        """MTCNN on each frame, one batched call per group of equal-size frames."""
+        out: list[Faces | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for idx in groups.values():
+            for i, faces in zip(idx, self._detect_same_size([images[i] for i in idx]),
+                                strict=True):
+                out[i] = faces
+        return out  # type: ignore[return-value]
+
+    def _detect_same_size(self, images: list[np.ndarray]) -> list[Faces]:
+        o = self.options
+        h, w = images[0].shape[:2]
+        scale = 1.0
+        if o.max_side and max(h, w) > o.max_side:
+            scale = o.max_side / max(h, w)
+        batch = torch.from_numpy(np.stack(images))
+        if scale != 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = batch.to(self.device).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            batch = x.round_().clamp_(0, 255).permute(0, 2, 3, 1).cpu()
+            scale_y, scale_x = size[0] / h, size[1] / w
+        else:
+            scale_y = scale_x = 1.0
+        # MTCNN's pyramid starts at min_face_size (in detection pixels): smaller is slower.
+        self.mtcnn.min_face_size = max(12, int(o.min_face * min(scale_x, scale_y)))
+        with torch.inference_mode():
+            boxes, probs, points = self.mtcnn.detect(batch.numpy(), landmarks=True)
+        result = []
+        for b, p, lm in zip(boxes, probs, points, strict=True):
+            if b is None:
+                result.append(Faces.empty())
+                continue
+            b = np.asarray(b, np.float32) / np.array([scale_x, scale_y] * 2, np.float32)
+            lm = np.asarray(lm, np.float32) / np.array([scale_x, scale_y], np.float32)
+            result.append(self._filter(b, np.asarray(p, np.float32), lm, w, h))
+        return result
+
+    def _filter(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray,
+                width: int, height: int) -> Faces:
+        o = self.options
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        keep = (scores >= o.threshold) & (side >= o.min_face)
+        boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+        if o.max_faces is not None and len(boxes) > o.max_faces:
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            top = np.sort(np.argsort(-area, kind="stable")[: o.max_faces])
+            boxes, scores, landmarks = boxes[top], scores[top], landmarks[top]
+        return Faces(boxes, scores, landmarks)
+
+    def _retry(self, image: np.ndarray) -> Faces:
+        """--detector auto, for an image with no face: detect on a padded copy, then maybe
+        fall back to the whole image if it is small (likely a pre-cropped face)."""
+        o = self.options
+        h, w = image.shape[:2]
+        py, px = int(round(h * o.pad)), int(round(w * o.pad))
+        padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
+        padded[py : py + h, px : px + w] = image
+        faces = self.detect([padded])[0]
+        if len(faces):
+            faces.boxes -= np.array([px, py, px, py], np.float32)
+            faces.landmarks -= np.array([px, py], np.float32)
+            faces.boxes[:, [0, 2]] = faces.boxes[:, [0, 2]].clip(0, w)
+            faces.boxes[:, [1, 3]] = faces.boxes[:, [1, 3]].clip(0, h)
+            faces.source = "padded"
+            return faces
+        if max(h, w) <= o.whole_max_side:
+            return Faces.whole(w, h)
+        return faces

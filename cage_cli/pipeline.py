@@ -1,0 +1,185 @@
+"""The annotate pipeline: inputs -> decode (background thread) -> detect -> infer -> results.
+
+Library use::
+
+    from cage_cli import annotate
+    for batch in annotate(["photos/"]):      # pyarrow.RecordBatch, one row per face
+        ...
+
+Each stage is a plain function over a batch of frames; this module only wires them together,
+overlapping decoding (a thread with a bounded queue) with detection and inference.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import torch
+
+from .decode import DecodeError, Frame, Sampling, frames
+from .detect import DetectOptions, Detector
+from .infer import predict_faces, to_rows
+from .inputs import MediaFile, discover
+from .models import DEFAULT_MODEL, ExpressionModel, create_model
+
+
+@dataclass(frozen=True)
+class AnnotateOptions:
+    """Every option that changes the rows (recorded in the output's metadata)."""
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    detect: DetectOptions = field(default_factory=DetectOptions)
+    keep_empty: bool = False
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options that change speed, not rows."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64  # faces per model call
+    frames_per_batch: int = 16  # frames per detection call
+    prefetch: int = 32  # decoded frames waiting in the queue
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+
+@dataclass
+class Result:
+    """A piece of the output for one input file. ``done`` marks its last piece."""
+
+    source: str
+    media: str
+    rows: pa.RecordBatch | None = None
+    frames: int = 0
+    done: bool = False
+    error: str | None = None
+
+
+@dataclass
+class _End:
+    """Decoder's marker: a file is finished (with an error, if it failed)."""
+
+    file: MediaFile
+    frames: int
+    error: str | None
+
+
+_STOP = object()
+
+
+def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
+                stop: threading.Event) -> None:
+    """Producer thread: decode every file into ``out``, then _STOP."""
+    try:
+        for file in files:
+            if stop.is_set():
+                break
+            n, error = 0, None
+            try:
+                for frame in frames(file, sampling):
+                    if stop.is_set():
+                        error = "interrupted"
+                        break
+                    out.put(frame)
+                    n += 1
+            except DecodeError as e:
+                error = str(e)
+            except Exception as e:  # noqa: BLE001 - a bad file must never stop the run
+                error = f"unexpected {type(e).__name__}: {e}"
+            out.put(_End(file, n, error))
+    finally:
+        out.put(_STOP)
+
+
+class Pipeline:
+    """Holds the model and detector; ``run(files)`` yields :class:`Result` pieces in order."""
+
+    def __init__(self, options: AnnotateOptions = AnnotateOptions(),
+                 run: RunOptions = RunOptions(), model: ExpressionModel | None = None):
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.options = options
+        self.run_options = run
+        self.model = model or create_model(options.model, options.weights, run.device,
+                                           run.precision)
+        self.detector = Detector(options.detect, self.model.device)
+        self.stop = threading.Event()
+
+    def run(self, files: list[MediaFile]) -> Iterator[Result]:
+        q: queue.Queue = queue.Queue(maxsize=self.run_options.prefetch)
+        producer = threading.Thread(
+            target=_decode_all, args=(files, self.options.sampling, q, self.stop), daemon=True
+        )
+        producer.start()
+        group: list[Frame | _End] = []
+        n_frames = 0
+        try:
+            while not self.stop.is_set():
+                item = q.get()
+                if item is _STOP:
+                    break
+                group.append(item)
+                n_frames += isinstance(item, Frame)
+                if n_frames >= self.run_options.frames_per_batch:
+                    yield from self._process(group)
+                    group, n_frames = [], 0
+            if not self.stop.is_set():
+                yield from self._process(group)
+        finally:
+            self.stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+    def _process(self, group: list[Frame | _End]) -> Iterator[Result]:
+        """Detect and classify the frames of ``group``; yield results per file, in order."""
+        fr = [x for x in group if isinstance(x, Frame)]
+        faces = self.detector([f.image for f in fr], [f.media == "image" for f in fr])
+        preds = predict_faces(self.model, fr, faces, self.run_options.batch_size)
+        # Split the group into runs of consecutive frames of one file, then rows per run.
+        j = k = 0
+        i = 0
+        while i < len(group):
+            item = group[i]
+            if isinstance(item, _End):
+                yield Result(item.file.path, item.file.media, frames=0, done=True,
+                             error=item.error)
+                i += 1
+                continue
+            start = k
+            while i < len(group) and isinstance(group[i], Frame) and \
+                    group[i].source == item.source:
+                i += 1
+                k += 1
+            run_frames, run_faces = fr[start:k], faces[start:k]
+            n = sum(len(d) for d in run_faces)
+            run_preds = {key: v[j : j + n] for key, v in preds.items()}
+            j += n
+            rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
+            yield Result(item.source, item.media, rows, frames=len(run_frames))
+
+
+def annotate(inputs: Iterable[str], options: AnnotateOptions = AnnotateOptions(),
+             run: RunOptions = RunOptions()) -> Iterator[pa.RecordBatch]:
+    """Annotate files, folders or globs; yield Arrow record batches (schema: cage_cli.SCHEMA).
+
+    Files that fail are reported on stderr and skipped; use :class:`Pipeline` to get them.
+    """
+    found = discover(inputs)
+    for path, reason in found.errors:
+        print(f"cage: skipped {path}: {reason}", file=sys.stderr)
+    for result in Pipeline(options, run).run(found.files):
+        if result.error:
+            print(f"cage: skipped {result.source}: {result.error}", file=sys.stderr)
+        if result.rows is not None and result.rows.num_rows:
+            yield result.rows

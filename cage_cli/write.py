@@ -1,0 +1,258 @@
+"""Stage 5: write rows, crash-safe.
+
+Every run writes a Parquet *dataset*: part files that each hold complete inputs, written under
+a temporary name and renamed when complete, with the inputs they finish listed in their own
+metadata (``cage.done``). So at any moment the folder holds only whole files, and what is done
+is exactly what the part files say.
+
+* ``-o out_dir/``: the dataset is the output (``part-<shard>-<seq>.parquet`` + ``_cage_run*.json``).
+* ``-o out.parquet|.jsonl|.csv``: the dataset lives in ``out.parquet.cage-partial/`` while the
+  run goes; when it finishes, the parts are merged into ``out.parquet`` (written to a temporary
+  name beside it, then renamed) and the folder is removed.
+* ``-o -``: JSON lines on stdout, no resume.
+
+``--resume`` reads the done inputs back from the parts and skips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .pipeline import Result
+from .schema import SCHEMA
+
+FORMATS = ("parquet", "jsonl", "csv")
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".json": "jsonl", ".csv": "csv"}
+PARTIAL_SUFFIX = ".cage-partial"
+META_KEY = b"cage.run"
+DONE_KEY = b"cage.done"
+
+
+class OutputError(Exception):
+    """The output cannot be written or resumed (message is user-facing)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def output_format(path: str, fmt: str | None) -> str:
+    """'dataset' for folders, else parquet | jsonl | csv from --format or the extension."""
+    if path == "-":
+        return "jsonl"
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        if fmt not in (None, "parquet"):
+            raise OutputError("a folder output is a Parquet dataset; --format must be parquet")
+        return "dataset"
+    if fmt:
+        if fmt not in FORMATS:
+            raise OutputError(f"unknown --format {fmt!r} (parquet, jsonl, csv)")
+        return fmt
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in EXTENSIONS:
+        raise OutputError(
+            f"cannot tell the format of {path!r}: use .parquet, .jsonl or .csv, a folder "
+            "ending in '/', or --format"
+        )
+    return EXTENSIONS[ext]
+
+
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(final.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    _fsync_rename(tmp, path)
+
+
+@dataclass
+class Done:
+    """What the part files say is finished."""
+
+    sources: dict[str, dict] = field(default_factory=dict)  # source -> {frames, error}
+    next_seq: int = 0
+
+
+def read_done(folder: Path, tag: str | None = None) -> Done:
+    """Finished inputs recorded in a dataset folder's part files (all shards, or one tag)."""
+    done = Done()
+    pattern = f"part-{tag}-*.parquet" if tag else "part-*.parquet"
+    for part in sorted(folder.glob(pattern)):
+        meta = pq.read_schema(part).metadata or {}
+        for entry in json.loads(meta.get(DONE_KEY, b"[]")):
+            done.sources[entry["source"]] = entry
+        if tag:
+            done.next_seq = max(done.next_seq, int(part.stem.rsplit("-", 1)[1]) + 1)
+    return done
+
+
+class DatasetWriter:
+    """Writes part files into ``folder``; each holds only complete inputs.
+
+    Rows of the input in progress are buffered; an input bigger than ``spill_rows`` gets a part
+    file of its own, streamed, so memory stays flat for long videos.
+    """
+
+    def __init__(self, folder: Path, tag: str, run_info: dict, next_seq: int = 0,
+                 part_rows: int = 200_000, part_seconds: float = 30.0,
+                 spill_rows: int = 20_000):
+        self.folder, self.tag, self.run_info = folder, tag, run_info
+        self.seq = next_seq
+        self.part_rows, self.part_seconds, self.spill_rows = part_rows, part_seconds, spill_rows
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._opened = time.monotonic()
+        self._rows = 0
+        self._done: list[dict] = []  # inputs complete in the open part
+        self._pending: list[pa.RecordBatch] = []  # rows of the input in progress
+        self._pending_rows = 0
+        self._spilled = False  # the input in progress streams into a part of its own
+        self.parts: list[Path] = []
+
+    def add(self, result: Result) -> None:
+        if result.rows is not None and result.rows.num_rows:
+            self._pending.append(result.rows)
+            self._pending_rows += result.rows.num_rows
+            if self._pending_rows >= self.spill_rows:
+                if not self._spilled:
+                    self.commit()  # finished inputs first, then this one alone
+                    self._spilled = True
+                self._flush_pending()
+        if result.done:
+            self._flush_pending()
+            self._done.append({"source": result.source, "media": result.media,
+                               "error": result.error})
+            self._spilled = False
+            if self._rows >= self.part_rows or (
+                time.monotonic() - self._opened >= self.part_seconds
+            ):
+                self.commit()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._open()
+        table = pa.Table.from_batches(self._pending, schema=SCHEMA)
+        self._writer.write_table(table)  # type: ignore[union-attr]
+        self._rows += table.num_rows
+        self._pending, self._pending_rows = [], 0
+
+    def _open(self) -> None:
+        self._tmp = self.folder / f".part-{self.tag}-{self.seq:05d}.parquet.tmp"
+        self._writer = pq.ParquetWriter(self._tmp, SCHEMA, compression="zstd")
+        self._opened = time.monotonic()
+
+    def commit(self) -> None:
+        """Close the open part (complete inputs only) and rename it into place."""
+        if not self._done:
+            return
+        if self._writer is None:
+            self._open()
+        meta = {META_KEY: json.dumps(self.run_info), DONE_KEY: json.dumps(self._done)}
+        self._writer.add_key_value_metadata(meta)  # type: ignore[union-attr]
+        self._writer.close()  # type: ignore[union-attr]
+        final = self.folder / f"part-{self.tag}-{self.seq:05d}.parquet"
+        _fsync_rename(self._tmp, final)  # type: ignore[arg-type]
+        self.parts.append(final)
+        self.seq += 1
+        self._writer, self._tmp, self._rows, self._done = None, None, 0, []
+        self._opened = time.monotonic()
+
+    def close(self) -> None:
+        """Commit what is complete; drop the rows of an unfinished input."""
+        self._pending, self._pending_rows = [], 0
+        if self._spilled:  # the open part holds only the unfinished input
+            self._discard()
+        else:
+            self.commit()
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._writer, self._tmp, self._rows, self._done = None, None, 0, []
+
+
+class StdoutWriter:
+    """JSON lines on stdout (``-o -``)."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def add(self, result: Result) -> None:
+        if result.rows is not None:
+            for row in result.rows.to_pylist():
+                self.stream.write(json.dumps(row) + "\n")
+            self.stream.flush()
+
+
+def merge_parts(parts: list[Path], final: Path, fmt: str, metadata: dict[str, Any]) -> int:
+    """Stream the rows of ``parts`` into ``final`` (written as a temp file, then renamed)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    rows = 0
+    try:
+        if fmt == "parquet":
+            schema = SCHEMA.with_metadata({**SCHEMA.metadata, META_KEY: json.dumps(metadata)})
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+                for part in parts:
+                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
+                        w.write_batch(batch)
+                        rows += batch.num_rows
+        elif fmt == "csv":
+            with pacsv.CSVWriter(tmp, SCHEMA) as w:
+                for part in parts:
+                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
+                        w.write_batch(batch)
+                        rows += batch.num_rows
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                sw = StdoutWriter(f)
+                for part in parts:
+                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
+                        sw.add(Result("", "", batch))
+                        rows += batch.num_rows
+        _fsync_rename(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early (exit 2) if ``folder`` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cage-write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write to {folder}: {e.strerror or e}") from None
+
+
+def remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

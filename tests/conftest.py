@@ -1,0 +1,54 @@
+"""Shared test helpers. Media come from ../shared/media (read-only, never copied here)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cage_cli.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+MEDIA = ROOT.parent / "shared" / "media"
+DATA = ROOT.parent / "shared" / "data"
+SINGLE = MEDIA / "single_face.jpg"
+MULTI = MEDIA / "multiface.jpg"
+NOFACE = MEDIA / "no_faces.jpg"
+CLIP = MEDIA / "short_clip.mp4"
+INTERVIEW = MEDIA / "interview.mp4"
+
+if not MEDIA.is_dir():  # pragma: no cover
+    pytest.exit(f"test media not found at {MEDIA}", returncode=2)
+
+
+def cage(*args: str | Path, input: str | None = None):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def read(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder with links to the three small shared photos (the originals stay untouched)."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    for p in (SINGLE, MULTI, NOFACE):
+        (d / p.name).symlink_to(p)
+    return d
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    def _copy(src: Path, name: str | None = None) -> Path:
+        dst = tmp_path / (name or src.name)
+        shutil.copyfile(src, dst)
+        return dst
+
+    return _copy

@@ -1,0 +1,211 @@
+"""`cage annotate` end to end on the shared media: counts, schema, formats, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import CLIP, MULTI, NOFACE, SINGLE, cage, read
+from PIL import Image
+
+from cage_cli.schema import EXPRESSIONS, SCHEMA
+
+
+def faces_per_source(table: pa.Table) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in table.column("source").to_pylist():
+        out[Path(s).name] = out.get(Path(s).name, 0) + 1
+    return out
+
+
+def test_photo_face_counts_and_schema(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "faces.parquet"
+    r = cage("annotate", photos, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    table = read(out)
+    assert faces_per_source(table) == {"single_face.jpg": 1, "multiface.jpg": 6}
+    # Exact schema, defined once in cage_cli.schema.
+    assert pq.read_schema(out).remove_metadata() == SCHEMA.remove_metadata()
+    meta = json.loads(pq.read_schema(out).metadata[b"cage.run"])
+    assert meta["schema_version"] == "1" and meta["model"] == table.column("model")[0].as_py()
+    assert len(meta["weights_sha256"]) == 64 and meta["finished"]
+    rows = table.to_pylist()
+    for row in rows:
+        assert row["media"] == "image" and row["timestamp_s"] is None
+        assert 0 <= row["x1"] < row["x2"] <= row["frame_width"]
+        assert 0 <= row["y1"] < row["y2"] <= row["frame_height"]
+        assert row["det_score"] >= 0.9 and row["face_source"] == "detected"
+        assert row["x1"] <= row["nose_x"] <= row["x2"]
+        probs = [row[f"p_{e}"] for e in EXPRESSIONS]
+        present = [p for p in probs if p is not None]
+        assert abs(sum(present) - 1) < 1e-4
+        assert row["label"] == EXPRESSIONS[int(np.nanargmax(np.array(probs, dtype=float)))]
+        assert -1 <= row["valence"] <= 1 and -1 <= row["arousal"] <= 1
+    multi = [r for r in rows if r["source"].endswith("multiface.jpg")]
+    assert [r["face_index"] for r in multi] == list(range(6))
+    single = [r for r in rows if r["source"].endswith("single_face.jpg")][0]
+    assert single["label"] == "happy"
+    assert not (tmp_path / "faces.parquet.cage-partial").exists()
+
+
+def test_video_rows_ordered_with_real_timestamps(tmp_path: Path) -> None:
+    out = tmp_path / "v.parquet"
+    r = cage("annotate", CLIP, "-o", out, "--max-frames", "20")
+    assert r.exit_code == 0, r.stderr
+    t = read(out).to_pydict()
+    frames = t["frame_index"]
+    assert len(set(frames)) >= 15  # one face in most frames
+    assert frames == sorted(frames) and max(frames) <= 19
+    ts = dict(zip(frames, t["timestamp_s"], strict=True))
+    keys = sorted(ts)
+    assert all(ts[a] < ts[b] for a, b in zip(keys, keys[1:], strict=False))
+    assert set(t["media"]) == {"video"}
+    assert abs(ts[keys[-1]] - keys[-1] / 24.7) < 0.1
+
+
+def test_fps_sampling_and_keep_empty(tmp_path: Path) -> None:
+    out = tmp_path / "v.parquet"
+    r = cage("annotate", CLIP, "-o", out, "--fps", "5", "--keep-empty")
+    assert r.exit_code == 0, r.stderr
+    t = read(out).to_pydict()
+    frames = sorted(set(t["frame_index"]))
+    # 115 frames at 24.7 fps last 4.62 s: samples at 0, 0.2, ..., 4.6 s.
+    assert len(frames) == 24
+    stamps = sorted(set(t["timestamp_s"]))
+    gaps = np.diff(stamps)
+    assert np.all(gaps > 0.15) and np.all(gaps < 0.25)
+
+
+def test_formats_give_same_rows(tmp_path: Path) -> None:
+    tables = {}
+    for ext in ("parquet", "jsonl", "csv"):
+        out = tmp_path / f"f.{ext}"
+        r = cage("annotate", MULTI, SINGLE, "-o", out)
+        assert r.exit_code == 0, r.stderr
+        if ext == "parquet":
+            tables[ext] = read(out)
+        elif ext == "csv":
+            tables[ext] = pacsv.read_csv(
+                out, convert_options=pacsv.ConvertOptions(column_types=SCHEMA)
+            )
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            tables[ext] = pa.Table.from_pylist(rows, schema=SCHEMA)
+    ref = tables["parquet"]
+    assert ref.num_rows == 7
+    for ext in ("jsonl", "csv"):
+        assert tables[ext].column_names == ref.column_names
+        assert tables[ext].equals(ref.cast(tables[ext].schema)), ext
+
+
+def test_stdout_is_only_json_lines(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cage_cli", "annotate", str(MULTI), str(NOFACE), "-o", "-"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 6
+    rows = [json.loads(line) for line in lines]
+    assert {r["source"] for r in rows} == {str(MULTI)}
+    assert "files ok" not in proc.stdout
+
+
+def test_exif_rotated_copy_gives_same_face(tmp_path: Path) -> None:
+    img = Image.open(SINGLE)
+    rotated = img.transpose(Image.Transpose.ROTATE_90)  # pixels stored rotated...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...and EXIF says: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    rotated.save(path, exif=exif, quality=95)
+    out = tmp_path / "r.parquet"
+    assert cage("annotate", SINGLE, path, "-o", out).exit_code == 0
+    rows = {Path(r["source"]).name: r for r in read(out).to_pylist()}
+    a, b = rows["single_face.jpg"], rows["rotated.jpg"]
+    assert (b["frame_width"], b["frame_height"]) == (a["frame_width"], a["frame_height"])
+    for k in ("x1", "y1", "x2", "y2"):
+        assert abs(a[k] - b[k]) < 6, k
+    assert b["label"] == a["label"] == "happy"
+
+
+def test_bad_files_are_reported_and_good_rows_kept(tmp_path: Path, copy_of) -> None:
+    good = copy_of(SINGLE)
+    data = SINGLE.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("this is not a video\n")
+    (tmp_path / "readme.txt").write_text("skipped: not media\n")
+    out = tmp_path / "out" / "x.parquet"
+    errors = tmp_path / "errors.jsonl"
+    r = cage("annotate", tmp_path, "-o", out, "--errors", errors)
+    assert r.exit_code == 1, r.stderr
+    assert faces_per_source(read(out)) == {good.name: 1}
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("cage: skipped")]
+    assert len(lines) == 3, r.stderr
+    by_name = {Path(ln.split(": ")[1]).name: ln for ln in lines}
+    assert "truncated" in by_name["truncated.jpg"]
+    assert "empty file" in by_name["empty.png"]
+    assert "cannot open video" in by_name["notes.mp4"]
+    assert "Traceback" not in r.stderr
+    logged = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert sorted(Path(e["source"]).name for e in logged) == ["empty.png", "notes.mp4",
+                                                              "truncated.jpg"]
+    meta = json.loads(pq.read_schema(out).metadata[b"cage.run"])
+    assert len(meta["errors"]) == 3 and meta["files_skipped"] == 1
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    r = cage("annotate", "-o", tmp_path / "x.parquet")
+    assert r.exit_code == 2 and "no inputs" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cage("annotate", empty, "-o", tmp_path / "x.parquet")
+    assert r.exit_code == 2 and "nothing to do" in r.stderr
+    out = tmp_path / "exists.parquet"
+    out.write_bytes(b"keep me")
+    r = cage("annotate", SINGLE, "-o", out)
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert out.read_bytes() == b"keep me"
+    r = cage("annotate", SINGLE, "-o", tmp_path / "x.txt")
+    assert r.exit_code == 2 and "format" in r.stderr
+
+
+def test_files_from_stdin(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    r = cage("annotate", "--files-from", "-", "-o", out, input=f"{SINGLE}\n\n{NOFACE}\n")
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == [str(SINGLE)]
+
+
+def test_library_api_yields_record_batches() -> None:
+    from cage_cli import SCHEMA as S
+    from cage_cli import annotate
+
+    batches = list(annotate([str(MULTI)]))
+    assert sum(b.num_rows for b in batches) == 6
+    assert all(b.schema.remove_metadata() == S.remove_metadata() for b in batches)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16"])
+def test_image_modes_are_converted(tmp_path: Path, mode: str) -> None:
+    img = Image.open(SINGLE).convert("RGB")
+    if mode == "I;16":
+        arr = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+        conv = Image.fromarray(arr)
+        path = tmp_path / "x16.png"
+    else:
+        conv = img.convert(mode)
+        path = tmp_path / f"x.{'jpg' if mode in ('L', 'CMYK') else 'png'}"
+    conv.save(path)
+    out = tmp_path / "m.parquet"
+    r = cage("annotate", path, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert read(out).num_rows == 1
