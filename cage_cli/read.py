@@ -1,0 +1,51 @@
+"""Read back anything `cage annotate` writes: Parquet file or dataset folder, JSONL, CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA
+from .write import META_KEY, OutputError
+
+
+def read_annotations(path: str | Path) -> pa.Table:
+    """All rows of an annotation output as a table with :data:`cage_cli.SCHEMA`."""
+    p = Path(path)
+    if not p.exists():
+        raise OutputError(f"{p}: no such file or folder")
+    try:
+        if p.is_dir():
+            parts = sorted(p.glob("*.parquet"))
+            if not parts:
+                raise OutputError(f"{p}: folder holds no .parquet part files")
+            table = pads.dataset(parts, schema=SCHEMA, format="parquet").to_table()
+        elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        elif p.suffix.lower() == ".csv":
+            opts = pacsv.ConvertOptions(column_types=SCHEMA, include_columns=SCHEMA.names)
+            table = pacsv.read_csv(p, convert_options=opts)
+        else:
+            table = pq.read_table(p, schema=SCHEMA)
+    except OutputError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, json.JSONDecodeError, KeyError, OSError) as e:
+        raise OutputError(f"{p}: not a cage annotation file ({str(e).splitlines()[0]})") from None
+    return table.replace_schema_metadata(SCHEMA.metadata)
+
+
+def read_run_info(path: str | Path) -> list[dict]:
+    """The run records (options, model, errors, ...) of an output; [] for JSONL/CSV."""
+    p = Path(path)
+    if p.is_dir():
+        return [json.loads(m.read_text()) for m in sorted(p.glob("_cage_run*.json"))]
+    if p.suffix.lower() in (".parquet", ".pq"):
+        meta = pq.read_schema(p).metadata or {}
+        return [json.loads(meta[META_KEY])] if META_KEY in meta else []
+    return []
