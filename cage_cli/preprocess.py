@@ -35,26 +35,79 @@ def crop_face(image: Image.Image, box: np.ndarray, config: ModelConfig) -> np.nd
     x1, y1, x2, y2 = crop_region(box, crop)
     ix1, iy1 = int(round(x1)), int(round(y1))
     ix2, iy2 = max(int(round(x2)), ix1 + 1), max(int(round(y2)), iy1 + 1)
-    face = _crop_padded(image, (ix1, iy1, ix2, iy2), crop.pad_value)
+    fill = pad_fill(image, crop, config.channels)
+    face = _crop_padded(image, (ix1, iy1, ix2, iy2), fill)
     if crop.square == "pad" and face.width != face.height:
         side = max(face.size)
-        canvas = Image.new(face.mode, (side, side), (crop.pad_value,) * len(face.getbands()))
+        canvas = Image.new(face.mode, (side, side), _fill_bands(fill, face))
         canvas.paste(face, ((side - face.width) // 2, (side - face.height) // 2))
         face = canvas
     if config.channels == 1:
         face = face.convert("L")
     size = config.input_size
-    face = face.resize((size, size), _RESAMPLE[crop.resample])
-    arr = np.asarray(face, dtype=np.uint8)
+    if crop.resample == "cv2_linear":
+        arr = cv2_resize_linear(np.asarray(face), size)
+    else:
+        arr = np.asarray(face.resize((size, size), _RESAMPLE[crop.resample]), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _crop_padded(image: Image.Image, region: tuple[int, int, int, int], fill: int) -> Image.Image:
+def cv2_resize_linear(image: np.ndarray, size: int) -> np.ndarray:
+    """Resample ``cv2_linear``: OpenCV's ``cv2.resize(img, (size, size))`` (INTER_LINEAR) on uint8,
+    as fer uses. No anti-aliasing: output pixel d samples the input at (d + 0.5) * n / size - 0.5,
+    clamped to the image. Follows OpenCV's fixed-point arithmetic (11-bit weights, the rounding of
+    its SIMD vertical pass): bit-identical to OpenCV 5.0 on x86 when shrinking (tested on random
+    images), within 1 grey level when enlarging.
+    """
+    h, w = image.shape[:2]
+    img = image.reshape(h, w, -1).astype(np.int64)
+    y0, y1, wy0, wy1 = _cv2_linear_taps(h, size)
+    x0, x1, wx0, wx1 = _cv2_linear_taps(w, size)
+    wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
+    top = img[y0][:, x0] * wx0 + img[y0][:, x1] * wx1  # rows scaled by 2**11
+    bottom = img[y1][:, x0] * wx0 + img[y1][:, x1] * wx1
+    wy0, wy1 = wy0[:, None, None], wy1[:, None, None]
+    out = (((wy0 * (top >> 4)) >> 16) + ((wy1 * (bottom >> 4)) >> 16) + 2) >> 2
+    return out.clip(0, 255).astype(np.uint8).reshape((size, size) + image.shape[2:])
+
+
+def _cv2_linear_taps(n: int, size: int) -> tuple[np.ndarray, ...]:
+    """Source indices i0, i1 and 11-bit weights w0, w1 of OpenCV's INTER_LINEAR on one axis."""
+    f = ((np.arange(size) + 0.5) * (1.0 / (size / n)) - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    t = (f - i0).astype(np.float32)
+    t[(i0 < 0) | (i0 >= n - 1)] = 0
+    i0 = i0.clip(0, n - 1)
+    w1 = np.rint(t * np.float32(2048)).astype(np.int64)
+    w0 = np.rint((np.float32(1) - t) * np.float32(2048)).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n - 1), w0, w1
+
+
+def pad_fill(image: Image.Image, crop: CropConfig, channels: int) -> int | tuple[int, ...]:
+    """The value for pixels outside the frame: ``crop.pad_value``, or for "bottom_mean" the
+    rounded mean of the frame's bottom two rows (of its grey version for 1-channel models, per
+    channel otherwise), as fer pads its grey image."""
+    if crop.pad_value != "bottom_mean":
+        return crop.pad_value
+    bottom = image.crop((0, image.height - 2, image.width, image.height))
+    if channels == 1:
+        bottom = bottom.convert("L")  # an RGB pixel (v, v, v) converts back to v
+    means = np.asarray(bottom, dtype=np.float64).reshape(-1, len(bottom.getbands())).mean(axis=0)
+    fill = tuple(int(round(float(m))) for m in means)
+    return fill[0] if len(fill) == 1 else fill
+
+
+def _fill_bands(fill: int | tuple[int, ...], image: Image.Image) -> tuple[int, ...]:
+    return fill if isinstance(fill, tuple) else (fill,) * len(image.getbands())
+
+
+def _crop_padded(image: Image.Image, region: tuple[int, int, int, int],
+                 fill: int | tuple[int, ...]) -> Image.Image:
     """Image.crop, with the part outside the image filled with ``fill``."""
     x1, y1, x2, y2 = region
     if x1 >= 0 and y1 >= 0 and x2 <= image.width and y2 <= image.height:
         return image.crop(region)
-    out = Image.new(image.mode, (x2 - x1, y2 - y1), (fill,) * len(image.getbands()))
+    out = Image.new(image.mode, (x2 - x1, y2 - y1), _fill_bands(fill, image))
     inner = image.crop((max(x1, 0), max(y1, 0), min(x2, image.width), min(y2, image.height)))
     out.paste(inner, (max(x1, 0) - x1, max(y1, 0) - y1))
     return out

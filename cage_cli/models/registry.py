@@ -38,14 +38,17 @@ class CropConfig:
     square: "none" keeps the box's aspect ratio (the crop is stretched to the input size);
         "expand" grows the shorter side of the box around its centre before cropping;
         "pad" crops the box, then pads the crop to a square with ``pad_value`` (centred).
-    Regions outside the frame are filled with ``pad_value``.
+    Regions outside the frame are filled with ``pad_value``: a grey level, or "bottom_mean" for
+    the mean of the frame's bottom two rows (as the fer package pads).
+    resample: a PIL filter name (these anti-alias when shrinking), or "cv2_linear" for OpenCV's
+    cv2.resize INTER_LINEAR (no anti-aliasing, see preprocess.cv2_resize_linear).
     """
 
     margin: float = 0.0
     margin_px: float = 0.0
     square: str = "none"
-    pad_value: int = 0
-    resample: str = "bilinear"  # PIL filter name: nearest | bilinear | bicubic | area
+    pad_value: int | str = 0
+    resample: str = "bilinear"  # nearest | bilinear | bicubic | area | cv2_linear
 
 
 @dataclass(frozen=True)
