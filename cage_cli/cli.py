@@ -106,6 +106,8 @@ def annotate(
     errors: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Append one JSON line per failed file to this file.",
         rich_help_panel="Runs")] = None,
+    part_seconds: Annotated[float, typer.Option(
+        hidden=True, help="Commit a part file at least this often (seconds).")] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
         help="No progress bar and no summary.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
@@ -167,7 +169,7 @@ def annotate(
                 paths, output, options, run, fmt=fmt, resume=resume, overwrite=overwrite,
                 shard=shard_ij, errors_file=errors, found=found,
                 on_start=progress.start, on_result=progress.update,
-                log=progress.log,
+                log=progress.log, part_seconds=part_seconds,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))

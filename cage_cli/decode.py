@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -120,6 +121,11 @@ def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
 def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # reasons go into our one-line errors
+    problem = _video_problem(path)  # FFmpeg says why a file is not a video; decord only logs it
+    if problem:
+        raise DecodeError(f"cannot open video: {problem}")
+
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         n = len(vr)
@@ -145,6 +151,24 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
             yield Frame(path, "video", int(i), float(timestamps[i]), image)
 
 
+def _video_problem(path: str) -> str | None:
+    """Why FFmpeg cannot open ``path`` (decord only logs the reason to stderr)."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return "no video stream"
+    except Exception as e:  # noqa: BLE001
+        return re.sub(r"^\[Errno -?\d+\] ", "", str(e).split(": '")[0])
+    return None
+
+
 def _first_line(e: BaseException) -> str:
+    """decord's messages carry C++ log prefixes and the path; keep the reason."""
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text.splitlines()[0])
+    if "ERROR opening:" in text:
+        text = text.rsplit(", ", 1)[-1]
+    text = re.sub(r"^Error reading .*?\.\.\.", "", text).strip()
+    return text[:200] or type(e).__name__

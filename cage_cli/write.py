@@ -99,7 +99,7 @@ def read_done(folder: Path, tag: str | None = None) -> Done:
     done = Done()
     pattern = f"part-{tag}-*.parquet" if tag else "part-*.parquet"
     for part in sorted(folder.glob(pattern)):
-        meta = pq.read_schema(part).metadata or {}
+        meta = pq.read_metadata(part).metadata or {}
         for entry in json.loads(meta.get(DONE_KEY, b"[]")):
             done.sources[entry["source"]] = entry
         if tag:

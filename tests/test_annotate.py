@@ -76,8 +76,9 @@ def test_fps_sampling_and_keep_empty(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     t = read(out).to_pydict()
     frames = sorted(set(t["frame_index"]))
-    # 115 frames at 24.7 fps last 4.62 s: samples at 0, 0.2, ..., 4.6 s.
-    assert len(frames) == 24
+    # The clip's own timestamps run 0.00, 0.04, ..., 4.56 s (115 frames): samples at
+    # 0, 0.2, ..., 4.4 s.
+    assert len(frames) == 23
     stamps = sorted(set(t["timestamp_s"]))
     gaps = np.diff(stamps)
     assert np.all(gaps > 0.15) and np.all(gaps < 0.25)
