@@ -366,6 +366,116 @@ def evaluate_cmd(
             fail(f"cannot write {json_out}: {e.strerror or e}")
 
 
+# --- cage export (issue 9; code in export.py) ---------------------------------------------
+
+@app.command("export")
+def export_cmd(
+    annotations: Annotated[str, typer.Argument(
+        help="Output of `cage annotate` (.parquet, dataset folder, .jsonl or .csv). With "
+             "--apply-review: the DATASET_DIR to update.", show_default=False)],
+    output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "-o", "--output", help="DATASET_DIR to create: images/, one labels CSV per split, "
+        "manifest, export.json.")] = None,
+    size: Annotated[int, typer.Option(help="Crop side in pixels.",
+                                      rich_help_panel="Crops")] = 224,
+    margin: Annotated[float, typer.Option(
+        help="Square around the box's centre, side = longer box side x (1 + 2 x margin); "
+             "black outside the frame.", rich_help_panel="Crops")] = 0.2,
+    image_format: Annotated[str, typer.Option(help="jpeg | png.",
+                                              rich_help_panel="Crops")] = "jpeg",
+    jpeg_quality: Annotated[int, typer.Option(rich_help_panel="Crops")] = 95,
+    manifest_format: Annotated[str, typer.Option(help="csv | parquet.",
+                                                 rich_help_panel="Crops")] = "csv",
+    min_det_score: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Smallest detector score (whole-image rows have none and pass).",
+        rich_help_panel="Selection")] = None,
+    min_face: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Smallest face: shorter box side in pixels.", rich_help_panel="Selection")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Keep faces whose top class probability is at least P.",
+        rich_help_panel="Selection")] = None,
+    max_confidence: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Keep faces whose top class probability is at most P (uncertain ones, for "
+             "review).", rich_help_panel="Selection")] = None,
+    classes: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Only these machine labels, e.g. happy,sad.", rich_help_panel="Selection")] = None,
+    per_class: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="At most N faces per label (seeded random sample).",
+        rich_help_panel="Selection")] = None,
+    every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Videos: keep a frame only if it is K or more frames after the last kept one.",
+        rich_help_panel="Selection")] = None,
+    min_gap_s: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Videos: keep a frame only if it is S or more seconds after the last kept one.",
+        rich_help_panel="Selection")] = None,
+    split: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Splits by source, e.g. train=0.8,val=0.1,test=0.1 (default: one labels.csv).",
+        rich_help_panel="Selection")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --per-class and --split.",
+                                      rich_help_panel="Selection")] = 0,
+    review_csv: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Also write a review sheet here: crop, machine label, confidence, an empty "
+             "reviewed_label column.", rich_help_panel="Review")] = None,
+    apply_review: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Fold this filled-in review sheet into the dataset given as the argument "
+             "(reviewed_label: an expression, ok or reject).", rich_help_panel="Review")] = None,
+    root: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Folder that relative source paths are resolved against (default: the current "
+             "folder, then the annotations' folder).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing DATASET_DIR (only a `cage export` one) / review sheet.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                        help="No progress bar and no summary.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Cut the annotated faces into a training-ready dataset (square crops + labels CSVs that
+    `cage train` / `cage evaluate` read + a manifest), with machine labels to review.
+    Walkthrough: docs/prelabel.md.
+
+    Exit codes: 0 done, 1 some sources missing or unreadable (skipped), 2 usage error.
+    """
+    from . import export as ex
+
+    if apply_review is not None:
+        if output is not None:
+            fail("--apply-review updates the DATASET_DIR given as the argument; drop -o")
+        try:
+            result = ex.apply_review(apply_review, annotations)
+        except ex.ExportError as e:
+            fail(str(e))
+        except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+            _debug_guard(debug, e)
+        if not quiet:
+            ex.print_review_summary(err, result)
+        return
+    if output is None:
+        fail("give the dataset folder to create with -o DATASET_DIR")
+    try:
+        opts = ex.ExportOptions(
+            size=size, margin=margin, image_format=image_format, jpeg_quality=jpeg_quality,
+            manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
+            min_confidence=min_confidence, max_confidence=max_confidence,
+            classes=ex.parse_classes(classes) if classes is not None else None,
+            per_class=per_class, every_k_frames=every_k_frames, min_gap_s=min_gap_s,
+            split=ex.parse_split(split) if split is not None else None, seed=seed,
+            review_csv=review_csv, root=root, overwrite=overwrite)
+        ex.check_options(opts)
+        progress = ex.ExportProgress(err, enabled=not quiet and err.is_terminal)
+        with progress:
+            summary = ex.export(annotations, output, opts, on_start=progress.start,
+                                on_advance=progress.advance, log=progress.log)
+    except ex.ExportError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written (run the command again)", 130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    if not quiet:
+        ex.print_summary(err, summary)
+    raise typer.Exit(summary.exit_code)
+
+
 def main() -> None:  # pragma: no cover - console script entry point
     app()
 
