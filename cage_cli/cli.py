@@ -26,7 +26,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line on stderr and exit with ``code``."""
-    err.print(f"cage: error: {message}", markup=False, highlight=False)
+    err.print(f"cage: error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -364,6 +364,132 @@ def evaluate_cmd(
             write_json(result, json_out)
         except OSError as e:
             fail(f"cannot write {json_out}: {e.strerror or e}")
+
+
+# --- cage render / plot / summary (issue 8; code in render.py, plot.py, summary.py) ----------
+
+@app.command("render")
+def render_cmd(
+    annotations: Annotated[str, typer.Argument(
+        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        show_default=False)],
+    source: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The photo/video to draw on, or a folder of them (matched to the rows' source by "
+             "path). Default: the paths recorded in the annotations.")] = None,
+    output: Annotated[str, typer.Option(
+        "-o", "--output", help="Output file (photo: same kind as -o's extension; video: .mp4), "
+        "or a folder (needed for several sources).")] = ...,
+    hold: Annotated[float, typer.Option(
+        help="Videos: a frame that was not sampled shows the last sampled frame's faces if "
+             "those are at most this many seconds older; 0 = draw sampled frames only.")] = 1.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Draw boxes, landmarks, label + probability and a valence/arousal marker onto copies of
+    the annotated photos and videos (H.264 MP4, same size, frames and timing). The sources are
+    never modified. Exit codes: 0 all rendered, 1 some failed, 2 usage error."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .render import render
+    from .summary import VizError
+
+    bar = Progress(TextColumn("[bold]rendering[/] {task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("frames"), console=err, transient=True,
+                   disable=quiet or not err.is_terminal)
+    current: list = [None, None]  # the job and its progress task
+
+    def log(line: str) -> None:
+        if not quiet or line.startswith("cage: error"):
+            bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def on_frame(job, i: int, n: int) -> None:
+        if current[0] is not job:
+            if current[1] is not None:
+                bar.remove_task(current[1])
+            current[:] = [job, bar.add_task(Path(job.path).name, total=n or None)]
+        if i % 10 == 0 or i == n:
+            bar.update(current[1], completed=i)
+
+    try:
+        with bar:
+            done, failures = render(annotations, source, output, overwrite=overwrite,
+                                    hold=hold, log=log, on_frame=on_frame)
+    except VizError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted (finished outputs are kept; partial ones were removed)", 130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("plot")
+def plot_cmd(
+    annotations: Annotated[str, typer.Argument(
+        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        show_default=False)],
+    output: Annotated[str, typer.Option(
+        "-o", "--output", help="PLOT.png, PLOT.svg or PLOT.pdf.")] = ...,
+    source: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Plot only this source (a path or file name from the annotations).")] = None,
+    title: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Figure title (default: the annotations' file name).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
+    the expression distribution and, per video, valence, arousal and the top class
+    probabilities over time."""
+    from . import plot as plots
+    from .summary import VizError, load_annotations
+
+    try:
+        out = plots.check_output(output, overwrite)
+        table, _ = load_annotations(annotations)
+        table = plots.select_source(table, source, annotations)
+        n_videos, most = len(plots.video_sources(table)), plots.MAX_TIMELINES
+        if n_videos > most:
+            err.print(f"cage: note: timelines for the first {most} of {n_videos} videos; "
+                      "use --source to pick one", markup=False, highlight=False)
+        fig = plots.build_figure(table, title=title or (source and Path(source).name)
+                                 or Path(annotations).name)
+        plots.save_figure(fig, out)
+    except VizError as e:
+        fail(str(e), e.exit_code)
+    except OSError as e:
+        fail(f"cannot write {output}: {e.strerror or e}", 1)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+
+
+@app.command("summary")
+def summary_cmd(
+    annotations: Annotated[str, typer.Argument(
+        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        show_default=False)],
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print JSON on stdout instead of tables.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
+    then the files that failed in the run (from the Parquet run metadata)."""
+    import json
+
+    from .summary import VizError, load_annotations, print_summary, summarize
+
+    try:
+        table, info = load_annotations(annotations)
+        result = summarize(table, info)
+    except VizError as e:
+        fail(str(e), e.exit_code)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    if json_out:
+        typer.echo(json.dumps({"annotations": annotations, **result}, indent=2))
+    else:
+        print_summary(result, Console(), title=f"cage summary: {annotations}")
 
 
 # --- cage export (issue 9; code in export.py) ---------------------------------------------

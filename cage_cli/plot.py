@@ -1,0 +1,230 @@
+"""`cage plot`: a figure of an annotation output (matplotlib, no display needed).
+
+Panels (:func:`build_figure` returns the Figure, :func:`save_figure` writes PNG/SVG/PDF):
+
+* circumplex: every face as a point at (valence, arousal), coloured by its label, inside the
+  unit circle, with the eight AffectNet class centroids (``cage_cli/data``) labelled;
+* expression distribution: faces per label (classes the model lacks are left out);
+* for each video source: a timeline of valence and arousal, and one of the top three class
+  probabilities, over ``timestamp_s``. A frame with several faces shows their mean (the
+  shaded band is the range over the faces).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .schema import EXPRESSIONS
+from .summary import VizError, match_source, sources_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+FORMATS = (".png", ".svg", ".pdf")
+#: At most this many video timelines unless one --source is picked.
+MAX_TIMELINES = 6
+TOP_K = 3
+#: Label offsets (points) and alignment for the centroids that sit close together.
+_CENTROID_LABEL = {"contempt": (-6, 4, "right"), "anger": (6, -9, "left"),
+                   "disgust": (-6, -10, "right")}
+
+
+def _color(label: str) -> str:
+    from .render import label_color_hex
+
+    return label_color_hex(label)
+
+
+def _faces(table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_valid(table.column("face_index")))
+
+
+def select_source(table: pa.Table, source: str | None, what: str = "") -> pa.Table:
+    """Rows of one source (matched like `cage render --source`), or all rows for None."""
+    if source is None:
+        return table
+    s = match_source(sources_of(table), source, what)
+    return table.filter(pc.equal(table.column("source"), s))
+
+
+def _present_classes(table: pa.Table) -> list[str]:
+    """Classes the model has (a probability column that is not all null)."""
+    if table.num_rows == 0:
+        return list(EXPRESSIONS)
+    present = [e for e in EXPRESSIONS
+               if table.column(f"p_{e}").null_count < table.num_rows]
+    labels = set(table.column("label").drop_null().to_pylist())
+    return [e for e in EXPRESSIONS if e in present or e in labels] or list(EXPRESSIONS)
+
+
+def video_sources(table: pa.Table) -> list[str]:
+    media = table.column("media")
+    return sources_of(table.filter(pc.equal(media, "video")))
+
+
+def build_figure(table: pa.Table, title: str | None = None,
+                 max_timelines: int = MAX_TIMELINES) -> Figure:
+    """The figure: circumplex and distribution on top, two timeline panels per video source."""
+    from matplotlib.figure import Figure
+
+    faces = _faces(table)
+    videos = video_sources(table)[:max_timelines]
+    rows = 1 + len(videos)
+    fig = Figure(figsize=(12, 5.2 + 3.2 * len(videos)), layout="constrained")
+    grid = fig.add_gridspec(rows, 2, height_ratios=[5.2] + [3.2] * len(videos))
+    _circumplex(fig.add_subplot(grid[0, 0]), faces)
+    _distribution(fig.add_subplot(grid[0, 1]), faces, _present_classes(faces))
+    for i, s in enumerate(videos, start=1):
+        rows_s = faces.filter(pc.equal(faces.column("source"), s))
+        _timelines(fig.add_subplot(grid[i, 0]), fig.add_subplot(grid[i, 1]), rows_s, s)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _circumplex(ax, faces: pa.Table) -> None:
+    from matplotlib.patches import Circle
+
+    from .models.va import centroids
+
+    ax.add_patch(Circle((0, 0), 1.0, fill=False, color="0.5", lw=1))
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+    v = np.asarray(faces.column("valence").to_pylist(), dtype=float)
+    a = np.asarray(faces.column("arousal").to_pylist(), dtype=float)
+    labels = faces.column("label").to_pylist()
+    alpha = 0.85 if len(v) <= 200 else max(0.15, 0.85 * math.sqrt(200 / len(v)))
+    for e in EXPRESSIONS:
+        m = np.array([x == e for x in labels], dtype=bool)
+        if m.any():
+            ax.scatter(v[m], a[m], s=28, color=_color(e), alpha=alpha, edgecolors="0.2",
+                       linewidths=0.4, label=f"{e} ({int(m.sum())})", zorder=3)
+    for e, (cv, ca) in zip(EXPRESSIONS, centroids(), strict=True):
+        ax.scatter([cv], [ca], marker="D", s=46, color=_color(e), edgecolors="black",
+                   linewidths=1.0, zorder=4)
+        dx, dy, ha = _CENTROID_LABEL.get(e, (5, 4, "left"))
+        ax.annotate(e, (cv, ca), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                    ha=ha, zorder=5)
+    ax.set_xlim(-1.1, 1.1)
+    ax.set_ylim(-1.1, 1.1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("valence")
+    ax.set_ylabel("arousal")
+    ax.set_title(f"valence / arousal ({faces.num_rows} faces; \u25c6 AffectNet class means)")
+    if faces.num_rows:
+        ax.legend(loc="lower left", fontsize=7, framealpha=0.8, title="label", title_fontsize=7)
+    else:
+        ax.text(0, -0.5, "no faces", ha="center", color="0.4")
+
+
+def _distribution(ax, faces: pa.Table, classes: list[str]) -> None:
+    labels = faces.column("label").to_pylist()
+    counts = [sum(1 for x in labels if x == e) for e in classes]
+    bars = ax.bar(range(len(classes)), counts, color=[_color(e) for e in classes],
+                  edgecolor="0.2", linewidth=0.5)
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    total = max(1, sum(counts))
+    for b, c in zip(bars, counts, strict=True):
+        if c:
+            ax.annotate(f"{c}\n{c / total:.0%}", (b.get_x() + b.get_width() / 2, c),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_ylim(0, max(counts + [1]) * 1.25)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("faces")
+    ax.set_title(f"expression distribution ({faces.num_rows} faces)")
+
+
+def _per_frame(rows: pa.Table) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Time of each frame and, per column, (mean, min, max) over the frame's faces."""
+    idx = np.asarray(rows.column("frame_index").to_pylist(), dtype=np.int64)
+    t = np.asarray(rows.column("timestamp_s").to_pylist(), dtype=float)
+    frames, inverse = np.unique(idx, return_inverse=True)
+    times = np.full(len(frames), np.nan)
+    times[inverse] = t
+    cols = ["valence", "arousal"] + [f"p_{e}" for e in EXPRESSIONS]
+    out = {}
+    for c in cols:
+        x = np.asarray(rows.column(c).to_pylist(), dtype=float)
+        s = np.zeros(len(frames))
+        n = np.zeros(len(frames))
+        lo = np.full(len(frames), np.inf)
+        hi = np.full(len(frames), -np.inf)
+        ok = ~np.isnan(x)
+        np.add.at(s, inverse[ok], x[ok])
+        np.add.at(n, inverse[ok], 1)
+        np.minimum.at(lo, inverse[ok], x[ok])
+        np.maximum.at(hi, inverse[ok], x[ok])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+        out[c] = np.stack([mean, np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)])
+    order = np.argsort(times, kind="stable")
+    return times[order], {c: v[:, order] for c, v in out.items()}
+
+
+def _timelines(ax_va, ax_p, rows: pa.Table, source: str) -> None:
+    name = Path(source).name
+    times, series = _per_frame(rows)
+    marker = "." if len(times) <= 80 else None
+    multi = rows.num_rows > len(times)
+    for col, color in (("valence", "tab:blue"), ("arousal", "tab:red")):
+        mean, lo, hi = series[col]
+        ax_va.plot(times, mean, color=color, marker=marker, lw=1.3, label=col)
+        if multi:
+            ax_va.fill_between(times, lo, hi, color=color, alpha=0.15, lw=0)
+    ax_va.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax_va.set_ylim(-1.05, 1.05)
+    ax_va.set_xlabel("time (s)")
+    ax_va.set_ylabel("valence / arousal")
+    ax_va.set_title(f"{name}: valence & arousal" + (" (mean over faces)" if multi else ""))
+    ax_va.legend(loc="best", fontsize=8)
+    means = {}
+    for e in EXPRESSIONS:
+        p = series[f"p_{e}"][0]
+        if np.isfinite(p).any():
+            means[e] = float(np.nanmean(p))
+    top = sorted(means, key=lambda e: -means[e])
+    for e in top[:TOP_K]:
+        ax_p.plot(times, series[f"p_{e}"][0], color=_color(e), marker=marker, lw=1.3, label=e)
+    ax_p.set_ylim(0, 1.02)
+    ax_p.set_xlabel("time (s)")
+    ax_p.set_ylabel("probability")
+    ax_p.set_title(f"{name}: top {min(TOP_K, len(top))} class probabilities")
+    if top:
+        ax_p.legend(loc="best", fontsize=8)
+    if not len(times):
+        for ax in (ax_va, ax_p):
+            ax.text(0.5, 0.5, "no faces", ha="center", transform=ax.transAxes, color="0.4")
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in FORMATS:
+        raise VizError(f"-o {path}: the plot format comes from the extension: "
+                       f"{', '.join(FORMATS)}")
+    if p.is_dir():
+        raise VizError(f"-o {path} is a folder")
+    if p.exists() and not overwrite:
+        raise VizError(f"{path} exists (use --overwrite to replace it)")
+    return p
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Write PNG (150 dpi), SVG or PDF, chosen by the extension (temporary name, then rename)."""
+    import os
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.cage-tmp-{os.getpid()}{p.suffix}")
+    try:
+        fig.savefig(tmp, dpi=150, format=p.suffix.lower().lstrip("."),
+                    metadata={"Software": "cage"} if p.suffix.lower() == ".png" else None)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)

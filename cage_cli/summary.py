@@ -1,0 +1,225 @@
+"""`cage summary`: per-source counts and means of an annotation output, plus its failed files.
+
+Also the small helpers that `cage render` and `cage plot` share: :func:`load_annotations`
+(read any `cage annotate` output and check that it is one) and :func:`match_source` (find the
+annotated source that a path given by the user refers to).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .schema import EXPRESSIONS
+
+
+class VizError(Exception):
+    """A user-facing problem of `cage render`/`plot`/`summary` (message is one line)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def load_annotations(path: str | Path) -> tuple[pa.Table, list[dict] | None]:
+    """The rows of any `cage annotate` output and its run records (None for JSONL/CSV).
+
+    Raises :class:`VizError` for a missing file or one that is not an annotation output.
+    """
+    from .read import read_annotations, read_run_info
+    from .write import OutputError
+
+    p = Path(path)
+    try:
+        table = read_annotations(p)
+    except OutputError as e:
+        raise VizError(str(e)) from None
+    # read_annotations fills absent columns with nulls; a real output never has a null here.
+    for col in ("source", "media", "frame_index", "frame_width", "frame_height"):
+        if table.num_rows and table.column(col).null_count:
+            raise VizError(f"{p}: not a cage annotation file (no {col!r} values)")
+    try:
+        info = read_run_info(p)
+    except (OSError, ValueError, pa.ArrowException):
+        info = []
+    if not info and not p.is_dir() and p.suffix.lower() not in (".parquet", ".pq"):
+        return table, None  # JSONL/CSV carry no run metadata
+    return table, info
+
+
+def sources_of(table: pa.Table) -> list[str]:
+    """Distinct sources in order of first appearance."""
+    return list(dict.fromkeys(table.column("source").to_pylist()))
+
+
+def _tail_score(source: str, path: Path) -> int:
+    """How well an annotated source names ``path``: a large number for the same file, else the
+    number of trailing path components they share (0 = different names)."""
+    s = Path(source)
+    try:
+        if s.exists() and path.exists() and os.path.samefile(s, path):
+            return 1_000_000
+    except OSError:
+        pass
+    a = Path(os.path.normpath(source)).parts
+    b = Path(os.path.abspath(path)).parts
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def match_source(sources: list[str], wanted: str | Path, what: str = "") -> str:
+    """The annotated source that ``wanted`` (a path given by the user) refers to.
+
+    The same file wins; otherwise the source sharing the most trailing path components (at
+    least the file name). Raises :class:`VizError` when none or several match equally.
+    """
+    if str(wanted) in sources:
+        return str(wanted)
+    scores = {s: _tail_score(s, Path(wanted)) for s in sources}
+    best = max(scores.values(), default=0)
+    if best == 0:
+        listed = ", ".join(sources[:5]) + (f" (+{len(sources) - 5} more)" if len(sources) > 5
+                                           else "")
+        raise VizError(f"source not found in {what or 'the annotations'}: {wanted} (no row "
+                       "names it: no face was found there, or it was not annotated; "
+                       f"annotated sources: {listed or 'none'})")
+    tied = [s for s, v in scores.items() if v == best]
+    if len(tied) > 1:
+        raise VizError(f"{wanted} matches several annotated sources ({', '.join(tied[:4])}); "
+                       "give a longer path")
+    return tied[0]
+
+
+def _faces(table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_valid(table.column("face_index")))
+
+
+def _dominant(labels: list[str | None]) -> tuple[str | None, float | None]:
+    """Most frequent label (ties: AffectNet order) and its share of the faces."""
+    counts = Counter(x for x in labels if x is not None)
+    if not counts:
+        return None, None
+    order = {e: i for i, e in enumerate(EXPRESSIONS)}
+    label = min(counts, key=lambda k: (-counts[k], order.get(k, len(order)), k))
+    return label, counts[label] / sum(counts.values())
+
+
+def _mean(values: pa.ChunkedArray) -> float | None:
+    m = pc.mean(values).as_py()
+    return None if m is None or math.isnan(m) else round(float(m), 6)
+
+
+def _stats(source_rows: pa.Table) -> dict[str, Any]:
+    faces = _faces(source_rows)
+    frames = pc.count_distinct(faces.column("frame_index")).as_py() if faces.num_rows else 0
+    label, share = _dominant(faces.column("label").to_pylist())
+    return {
+        "frames_with_faces": int(frames),
+        "faces": faces.num_rows,
+        "dominant_expression": label,
+        "dominant_share": None if share is None else round(share, 6),
+        "mean_valence": _mean(faces.column("valence")),
+        "mean_arousal": _mean(faces.column("arousal")),
+    }
+
+
+def failed_files(run_info: list[dict] | None) -> list[dict] | None:
+    """Files that failed in the run(s), de-duplicated; None when the output has no metadata."""
+    if run_info is None:
+        return None
+    seen: dict[str, str] = {}
+    for record in run_info:
+        for e in record.get("errors") or []:
+            seen.setdefault(str(e.get("source")), str(e.get("error")))
+    return [{"source": s, "error": e} for s, e in seen.items()]
+
+
+def summarize(table: pa.Table, run_info: list[dict] | None = None) -> dict[str, Any]:
+    """Per-source and total counts: frames with faces, faces, dominant expression (with its
+    share of the faces), mean valence and arousal; plus the failed files of the run."""
+    per_source = []
+    src = table.column("source")
+    for s in sources_of(table):
+        rows = table.filter(pc.equal(src, s))
+        per_source.append({"source": s, "media": rows.column("media")[0].as_py(),
+                           **_stats(rows)})
+    total = _stats(table)
+    total["frames_with_faces"] = sum(r["frames_with_faces"] for r in per_source)
+    models = sorted({m for m in table.column("model").to_pylist() if m})
+    if not models and run_info:
+        models = sorted({r["model"] for r in run_info if r.get("model")})
+    return {"sources": per_source, "total": {"sources": len(per_source), **total},
+            "models": models, "failed": failed_files(run_info)}
+
+
+def _common_parent(paths: list[str]) -> str | None:
+    """The folder all ``paths`` are in (for shorter table rows), or None."""
+    try:
+        parent = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    except ValueError:  # absolute and relative paths mixed
+        return None
+    return parent or None
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
+def print_summary(summary: dict[str, Any], console, title: str = "cage summary") -> None:
+    """The summary as rich tables: one row per source, a total, then the failed files."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    names = [r["source"] for r in summary["sources"]]
+    parent = _common_parent(names)
+    caption = f"sources in {parent}" if parent else None
+    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption),
+                  caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False)
+    table.add_column("source", overflow="fold")
+    table.add_column("media")
+    table.add_column("frames\nw/ faces", justify="right")
+    table.add_column("faces", justify="right")
+    table.add_column("dominant\nexpression")
+    table.add_column("mean\nvalence", justify="right")
+    table.add_column("mean\narousal", justify="right")
+
+    def dom(r: dict) -> str:
+        if r["dominant_expression"] is None:
+            return "-"
+        return f"{r['dominant_expression']} ({r['dominant_share']:.0%})"
+
+    for r in summary["sources"]:
+        name = os.path.relpath(r["source"], parent) if parent else r["source"]
+        table.add_row(Text(name), r["media"], str(r["frames_with_faces"]), str(r["faces"]),
+                      dom(r), _fmt(r["mean_valence"]), _fmt(r["mean_arousal"]))
+    t = summary["total"]
+    table.add_section()
+    table.add_row("total", "", str(t["frames_with_faces"]),
+                  str(t["faces"]), dom(t), _fmt(t["mean_valence"]), _fmt(t["mean_arousal"]),
+                  style="bold")
+    console.print(table)
+    if summary["models"]:
+        console.print(f"model: {', '.join(summary['models'])}", highlight=False, markup=False)
+    failed = summary["failed"]
+    if failed is None:
+        console.print("failed files: unknown (JSONL/CSV outputs carry no run metadata; "
+                      "use a Parquet output to keep it)", highlight=False, markup=False)
+    elif not failed:
+        console.print("failed files: none", highlight=False, markup=False)
+    else:
+        ft = Table(title=f"failed files ({len(failed)})", title_justify="left")
+        ft.add_column("source", overflow="fold")
+        ft.add_column("error", overflow="fold")
+        for f in failed:
+            ft.add_row(Text(f["source"]), Text(f["error"]))
+        console.print(ft)
