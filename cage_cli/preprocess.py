@@ -45,11 +45,31 @@ def crop_face(image: Image.Image, box: np.ndarray, config: ModelConfig) -> np.nd
     if config.channels == 1:
         face = face.convert("L")
     size = config.input_size
-    if crop.resample == "cv2_linear":
+    if crop.resample == "tf_bilinear":
+        arr = tf_resize_bilinear(np.asarray(face), size)
+    elif crop.resample == "cv2_linear":
         arr = cv2_resize_linear(np.asarray(face), size)
     else:
         arr = np.asarray(face.resize((size, size), _RESAMPLE[crop.resample]), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def tf_resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Resample ``tf_bilinear``: TensorFlow's resize_bilinear with align_corners=False and
+    half_pixel_centers=False (TF1 / TF.js default, used by face-api.js), rounded to uint8.
+
+    Output pixel (r, c) samples the input at (r * H / size, c * W / size), no anti-aliasing.
+    """
+    h, w = image.shape[:2]
+    img = image.astype(np.float64).reshape(h, w, -1)
+    ys, xs = np.arange(size) * (h / size), np.arange(size) * (w / size)
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    top = img[y0][:, x0] + (img[y0][:, x1] - img[y0][:, x0]) * fx
+    bottom = img[y1][:, x0] + (img[y1][:, x1] - img[y1][:, x0]) * fx
+    out = np.rint(top + (bottom - top) * fy).clip(0, 255).astype(np.uint8)
+    return out.reshape((size, size) + image.shape[2:])
 
 
 def cv2_resize_linear(image: np.ndarray, size: int) -> np.ndarray:

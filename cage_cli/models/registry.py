@@ -41,14 +41,15 @@ class CropConfig:
     Regions outside the frame are filled with ``pad_value``: a grey level, or "bottom_mean" for
     the mean of the frame's bottom two rows (as the fer package pads).
     resample: a PIL filter name (these anti-alias when shrinking), or "cv2_linear" for OpenCV's
-    cv2.resize INTER_LINEAR (no anti-aliasing, see preprocess.cv2_resize_linear).
+    cv2.resize INTER_LINEAR (no anti-aliasing, see preprocess.cv2_resize_linear), or
+    "tf_bilinear" for TensorFlow's legacy resize_bilinear (see preprocess.tf_resize_bilinear).
     """
 
     margin: float = 0.0
     margin_px: float = 0.0
     square: str = "none"
     pad_value: int | str = 0
-    resample: str = "bilinear"  # nearest | bilinear | bicubic | area | cv2_linear
+    resample: str = "bilinear"  # nearest | bilinear | bicubic | area | cv2_linear | tf_bilinear
 
 
 @dataclass(frozen=True)
