@@ -366,7 +366,14 @@ def _frames_of(path: Path, media: str, indices: list[int],
 
     Photos go through decode.load_image (EXIF rotation applied, as annotate saw them); videos
     are re-decoded with decord at the recorded indices, in chunks of decode.CHUNK_BYTES."""
-    from .decode import CHUNK_BYTES, DecodeError, _check_readable, _first_line, load_image
+    from .decode import (
+        CHUNK_BYTES,
+        DecodeError,
+        _check_readable,
+        _first_line,
+        _video_problem,
+        load_image,
+    )
 
     _check_readable(str(path))
     w, h = size
@@ -379,6 +386,10 @@ def _frames_of(path: Path, media: str, indices: list[int],
         return
     import decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # reasons go into our one-line errors
+    problem = _video_problem(str(path))  # as annotate: FFmpeg says why, decord only logs it
+    if problem:
+        raise DecodeError(f"cannot open video: {problem}")
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         n = len(vr)
