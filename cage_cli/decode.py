@@ -136,17 +136,26 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - decord raises its own error types
-        raise DecodeError(f"cannot open video: {_first_line(e)}") from None
+        # FFmpeg could open the container, so its stream has nothing decodable.
+        raise DecodeError(f"no decodable video frames ({_first_line(e)})") from None
     idx = sample_indices(timestamps, sampling)
     chunk = max(1, CHUNK_BYTES // max(1, h * w * 3))
     for lo in range(0, len(idx), chunk):
         part = idx[lo : lo + chunk]
         try:
             batch = vr.get_batch(part.tolist()).asnumpy()
-        except Exception as e:  # noqa: BLE001
-            raise DecodeError(
-                f"video stream breaks at frame {int(part[0])}: {_first_line(e)}"
-            ) from None
+        except Exception:  # noqa: BLE001 - salvage the frames before the break, one by one
+            batch = None
+        if batch is None:
+            for i in part:
+                try:
+                    image = vr.get_batch([int(i)]).asnumpy()[0]
+                except Exception as e:  # noqa: BLE001
+                    raise DecodeError(
+                        f"video stream breaks at frame {int(i)}: {_first_line(e)}"
+                    ) from None
+                yield Frame(path, "video", int(i), float(timestamps[i]), image)
+            continue
         for i, image in zip(part, batch, strict=True):
             yield Frame(path, "video", int(i), float(timestamps[i]), image)
 
@@ -168,6 +177,7 @@ def _first_line(e: BaseException) -> str:
     """decord's messages carry C++ log prefixes and the path; keep the reason."""
     text = str(e).strip() or type(e).__name__
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text.splitlines()[0])
+    text = re.sub(r"Check failed: .*\) ", "", text)
     if "ERROR opening:" in text:
         text = text.rsplit(", ", 1)[-1]
     text = re.sub(r"^Error reading .*?\.\.\.", "", text).strip()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 DETECTORS = ("mtcnn", "auto", "none")
 
@@ -93,19 +93,18 @@ class Detector:
         scale = 1.0
         if o.max_side and max(h, w) > o.max_side:
             scale = o.max_side / max(h, w)
-        batch = torch.from_numpy(np.stack(images))
-        if scale != 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            x = batch.to(self.device).permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            batch = x.round_().clamp_(0, 255).permute(0, 2, 3, 1).cpu()
-            scale_y, scale_x = size[0] / h, size[1] / w
+        if scale != 1.0:  # Pillow per frame: no float copy of a huge frame or batch
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            images = [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR,
+                                                            reducing_gap=3.0)) for im in images]
+            scale_x, scale_y = size[0] / w, size[1] / h
         else:
-            scale_y = scale_x = 1.0
+            scale_x = scale_y = 1.0
+        batch = np.stack(images)
         # MTCNN's pyramid starts at min_face_size (in detection pixels): smaller is slower.
         self.mtcnn.min_face_size = max(12, int(o.min_face * min(scale_x, scale_y)))
         with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(batch.numpy(), landmarks=True)
+            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
         result = []
         for b, p, lm in zip(boxes, probs, points, strict=True):
             if b is None:

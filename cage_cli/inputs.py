@@ -24,6 +24,7 @@ class Inputs:
     files: list[MediaFile] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # not a media extension
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
 def media_kind(path: str) -> str | None:
@@ -43,18 +44,23 @@ def read_list(path: str) -> list[str]:
     return [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
 
 
-def _walk(folder: str, errors: list[tuple[str, str]]) -> Iterable[str]:
-    """Files below ``folder``; follows no symlinked folders (so no loops), reports bad links."""
+def _walk(folder: str, errors: list[tuple[str, str]],
+          warnings: list[tuple[str, str]]) -> Iterable[str]:
+    """Files below ``folder``, following symlinked folders once each (loops are cut)."""
+    seen = {os.path.realpath(folder)}
 
     def onerror(e: OSError) -> None:
         errors.append((e.filename or folder, e.strerror or str(e)))
 
-    for root, dirs, names in os.walk(folder, onerror=onerror):
+    for root, dirs, names in os.walk(folder, onerror=onerror, followlinks=True):
         dirs.sort()
-        for d in dirs:
-            p = os.path.join(root, d)
-            if os.path.islink(p):
-                errors.append((p, "symlinked folder not followed (could loop)"))
+        for d in list(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real in seen:
+                warnings.append((os.path.join(root, d), "symlink loop or folder seen twice; "
+                                                        "not followed again"))
+                dirs.remove(d)
+            seen.add(real)
         for name in names:
             p = os.path.join(root, name)
             if os.path.islink(p) and not os.path.exists(p):
@@ -69,7 +75,7 @@ def discover(paths: Iterable[str]) -> Inputs:
     found: set[str] = set()
     for given in paths:
         if os.path.isdir(given):
-            candidates = list(_walk(given, out.errors))
+            candidates = list(_walk(given, out.errors, out.warnings))
         elif os.path.lexists(given):
             if os.path.islink(given) and not os.path.exists(given):
                 out.errors.append((given, "broken symlink (or symlink loop)"))
@@ -78,7 +84,7 @@ def discover(paths: Iterable[str]) -> Inputs:
         elif glob.has_magic(given):
             candidates = []
             for m in glob.glob(given, recursive=True):
-                candidates.extend(_walk(m, out.errors) if os.path.isdir(m) else [m])
+                candidates.extend(_walk(m, out.errors, out.warnings) if os.path.isdir(m) else [m])
             if not candidates:
                 out.errors.append((given, "pattern matches no file"))
         else:

@@ -47,7 +47,7 @@ class RunOptions:
     precision: str = "auto"
     batch_size: int = 64  # faces per model call
     frames_per_batch: int = 16  # frames per detection call
-    prefetch: int = 32  # decoded frames waiting in the queue
+    buffer_mb: int = 512  # decoded frames in flight (queued + being processed), in MiB
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
@@ -75,8 +75,27 @@ class _End:
 _STOP = object()
 
 
+class _Budget:
+    """Bytes of decoded frames in flight: the decoder waits while the budget is spent."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._cv = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> None:
+        with self._cv:
+            while self.used and self.used + n > self.limit and not stop.is_set():
+                self._cv.wait(0.1)
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cv:
+            self.used -= n
+            self._cv.notify_all()
+
+
 def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
-                stop: threading.Event) -> None:
+                budget: _Budget, stop: threading.Event) -> None:
     """Producer thread: decode every file into ``out``, then _STOP."""
     try:
         for file in files:
@@ -88,6 +107,7 @@ def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
                     if stop.is_set():
                         error = "interrupted"
                         break
+                    budget.acquire(frame.image.nbytes, stop)
                     out.put(frame)
                     n += 1
             except DecodeError as e:
@@ -114,32 +134,43 @@ class Pipeline:
         self.stop = threading.Event()
 
     def run(self, files: list[MediaFile]) -> Iterator[Result]:
-        q: queue.Queue = queue.Queue(maxsize=self.run_options.prefetch)
+        """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
+        ``buffer_mb``; a group is processed when it has ``frames_per_batch`` frames, half the
+        buffer, or when the decoder has nothing new for a moment."""
+        ro = self.run_options
+        self.stop = threading.Event()
+        q: queue.Queue = queue.Queue()
+        budget = _Budget(ro.buffer_mb * 2**20)
         producer = threading.Thread(
-            target=_decode_all, args=(files, self.options.sampling, q, self.stop), daemon=True
+            target=_decode_all, args=(files, self.options.sampling, q, budget, self.stop),
+            daemon=True,
         )
         producer.start()
         group: list[Frame | _End] = []
-        n_frames = 0
+        n_frames = n_bytes = 0
         try:
             while not self.stop.is_set():
-                item = q.get()
+                try:
+                    item = q.get(timeout=0.05 if group else None)
+                except queue.Empty:  # decoder is busy: don't hold finished work back
+                    item = None
+                if item is not None and item is not _STOP:
+                    group.append(item)
+                    if isinstance(item, Frame):
+                        n_frames += 1
+                        n_bytes += item.image.nbytes
+                if item is None or item is _STOP or n_frames >= ro.frames_per_batch \
+                        or n_bytes >= budget.limit // 2:
+                    if self.stop.is_set():
+                        break
+                    yield from self._process(group)
+                    budget.release(n_bytes)
+                    group, n_frames, n_bytes = [], 0, 0
                 if item is _STOP:
                     break
-                group.append(item)
-                n_frames += isinstance(item, Frame)
-                if n_frames >= self.run_options.frames_per_batch:
-                    yield from self._process(group)
-                    group, n_frames = [], 0
-            if not self.stop.is_set():
-                yield from self._process(group)
         finally:
             self.stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            producer.join()
 
     def _process(self, group: list[Frame | _End]) -> Iterator[Result]:
         """Detect and classify the frames of ``group``; yield results per file, in order."""
@@ -176,6 +207,8 @@ def annotate(inputs: Iterable[str], options: AnnotateOptions = AnnotateOptions()
     Files that fail are reported on stderr and skipped; use :class:`Pipeline` to get them.
     """
     found = discover(inputs)
+    for path, reason in found.warnings:
+        print(f"cage: warning: {path}: {reason}", file=sys.stderr)
     for path, reason in found.errors:
         print(f"cage: skipped {path}: {reason}", file=sys.stderr)
     for result in Pipeline(options, run).run(found.files):

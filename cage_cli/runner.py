@@ -192,6 +192,8 @@ def annotate_to(
             errors_out.write(json.dumps({"source": source, "error": reason}) + "\n")
             errors_out.flush()
 
+    for path, reason in found.warnings:
+        log(f"cage: warning: {path}: {reason}")
     for path, reason in found.errors:
         summary.files_failed += 1
         report_error(path, reason)

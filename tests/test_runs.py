@@ -1,0 +1,267 @@
+"""Crash-safe runs: kill at any moment, resume, lose or duplicate nothing; shards; bad input."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from conftest import CLIP, INTERVIEW, MEDIA, MULTI, NOFACE, SINGLE, cage, read
+from PIL import Image
+
+KEY = ["source", "frame_index", "face_index"]
+# Short runs: small photos, one portrait and the two videos, a few frames each.
+SAMPLING = ["--max-frames", "4", "--every", "3"]
+
+
+def make_media(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in (SINGLE, MULTI, NOFACE, MEDIA / "portrait_kate_siegel.jpg", CLIP, INTERVIEW):
+        (folder / p.name).symlink_to(p)
+    return folder
+
+
+def run_cli(*args: str | Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cage_cli", "annotate", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )
+
+
+def rows_by_key(table: pa.Table) -> dict[tuple, dict]:
+    rows = table.to_pylist()
+    keyed = {tuple(r[k] for k in KEY): r for r in rows}
+    assert len(keyed) == len(rows), "duplicate rows"
+    return keyed
+
+
+def read_folder(folder: Path) -> pa.Table:
+    parts = sorted(folder.glob("*.parquet"))
+    for p in parts:  # every file in the output opens
+        pq.read_table(p)
+    return pads.dataset(parts, format="parquet").to_table() if parts else None
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    return make_media(tmp_path_factory.mktemp("media") / "in")
+
+
+@pytest.fixture(scope="module")
+def reference(media: Path, tmp_path_factory) -> pa.Table:
+    out = tmp_path_factory.mktemp("ref") / "ref.parquet"
+    r = cage("annotate", media, "-o", out, *SAMPLING)
+    assert r.exit_code == 0, r.stderr
+    table = read(out)
+    assert table.num_rows > 20
+    return table
+
+
+def test_sigkill_at_random_moments_then_resume(media: Path, reference: pa.Table,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "out_dir"
+    rng = random.Random(7)
+    finished = False
+    for _ in range(10):
+        proc = run_cli(media, "-o", f"{out}/", *SAMPLING, "--resume", "--part-seconds", "0")
+        time.sleep(rng.uniform(2.0, 12.0))
+        finished = proc.poll() is not None
+        proc.kill()
+        proc.wait()
+        if finished:
+            assert proc.returncode == 0, proc.stderr.read()
+        table = read_folder(out)
+        if table is not None:
+            rows_by_key(table)  # no duplicates after any kill
+    proc = run_cli(media, "-o", f"{out}/", *SAMPLING, "--resume", "--part-seconds", "0")
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    got, want = rows_by_key(read_folder(out)), rows_by_key(reference)
+    assert got.keys() == want.keys()
+    for k, row in want.items():
+        assert got[k] == row, k
+
+
+def test_sigint_exits_130_and_resumes(media: Path, reference: pa.Table, tmp_path: Path) -> None:
+    out = tmp_path / "faces.parquet"
+    partial = tmp_path / "faces.parquet.cage-partial"
+    proc = run_cli(media, "-o", out, *SAMPLING, "--part-seconds", "0")
+    deadline = time.monotonic() + 300
+    while not list(partial.glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    done = read_folder(partial)
+    assert done.num_rows > 0
+    rows_by_key(done)
+    # Resuming with other settings is refused ...
+    r = cage("annotate", media, "-o", out, *SAMPLING, "--resume", "--det-threshold", "0.8")
+    assert r.exit_code == 2 and "other settings" in r.stderr and "threshold" in r.stderr
+    # ... and without --resume the leftover is not silently replaced.
+    r = cage("annotate", media, "-o", out, *SAMPLING)
+    assert r.exit_code == 2 and "--resume" in r.stderr
+    r = cage("annotate", media, "-o", out, *SAMPLING, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert not partial.exists()
+    assert rows_by_key(read(out)) == rows_by_key(reference)
+
+
+def test_sigterm_exits_143(media: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    proc = run_cli(media, "-o", f"{out}/", *SAMPLING, "--part-seconds", "0")
+    deadline = time.monotonic() + 300
+    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert read_folder(out).num_rows > 0
+
+
+def test_shards_cover_every_input_once(media: Path, reference: pa.Table, tmp_path: Path) -> None:
+    out = tmp_path / "sharded"
+    for i in range(3):
+        r = cage("annotate", media, "-o", f"{out}/", *SAMPLING, "--shard", f"{i}/3")
+        assert r.exit_code == 0, r.stderr
+    assert len(list(out.glob("_cage_run-s*of3.json"))) == 3
+    assert rows_by_key(read_folder(out)) == rows_by_key(reference)
+    r = cage("annotate", media, "-o", tmp_path / "x.parquet", "--shard", "0/2")
+    assert r.exit_code == 2 and "folder" in r.stderr
+    r = cage("annotate", media, "-o", f"{out}/", "--shard", "3/3")
+    assert r.exit_code == 2
+
+
+def test_output_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = cage("annotate", SINGLE, "-o", blocker / "sub" / "out.parquet")
+    assert r.exit_code == 2 and "cannot write" in r.stderr
+
+
+def test_same_inputs_same_rows(media: Path, reference: pa.Table, tmp_path: Path) -> None:
+    out = tmp_path / "again.parquet"
+    assert cage("annotate", media, "-o", out, *SAMPLING).exit_code == 0
+    assert read(out).equals(reference)
+
+
+# --- bad input corpus, generated here ---------------------------------------------------
+
+
+def _video(path: Path, frames: int, size: int = 256) -> None:
+    img = np.asarray(Image.open(SINGLE).convert("RGB").resize((size, size)))
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            noisy = np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus") / "in put ünï"
+    d.mkdir()
+    data = SINGLE.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("hello\n")
+    (d / "text.mp4").write_text("hello\n")
+    (d / "no_read.jpg").write_bytes(data)
+    (d / "broken_link.jpg").symlink_to(d / "missing.jpg")
+    (d / "loop_a.jpg").symlink_to(d / "loop_b.jpg")
+    (d / "loop_b.jpg").symlink_to(d / "loop_a.jpg")
+    (d / "loop_dir").symlink_to(d)
+    (d / "smile ünïcødé.jpg").write_bytes(data)
+    face = Image.open(SINGLE).convert("RGB")
+    frames = [face, face.rotate(5), face.rotate(-5)]
+    frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    big = Image.new("RGB", (12000, 8000), (90, 90, 90))
+    big.paste(face.resize((face.width * 6, face.height * 6)), (5000, 3000))
+    big.save(d / "huge.jpg", quality=80)
+    _video(d / "good.mp4", 60)
+    good = (d / "good.mp4").read_bytes()
+    (d / "breaks_halfway.mp4").write_bytes(good[: len(good) // 2])
+    (d / "no_frames.mp4").write_bytes(good[: len(good) // 50])
+    return d
+
+
+@pytest.fixture(scope="module")
+def corpus_run(corpus: Path, tmp_path_factory):
+    import builtins
+
+    import cage_cli.decode as decode
+
+    out = tmp_path_factory.mktemp("corpus_out") / "out.parquet"
+    real_open = builtins.open
+
+    def no_read(path, *a, **kw):  # tests run as root, who may read anything: simulate EACCES
+        if str(path).endswith("no_read.jpg"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    decode.open = no_read
+    try:
+        t0 = time.monotonic()
+        r = cage("annotate", corpus, "-o", out)
+        seconds = time.monotonic() - t0
+    finally:
+        del decode.open
+    reasons = {}
+    for line in r.stderr.splitlines():
+        if line.startswith("cage: skipped "):
+            path, reason = line.removeprefix("cage: skipped ").split(": ", 1)
+            reasons[Path(path).name] = reason
+    return r, read(out), reasons, seconds
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("truncated.jpg", "truncated"),
+    ("zero.jpg", "empty file"),
+    ("text.jpg", "not a readable image"),
+    ("text.mp4", "Invalid data"),
+    ("no_read.jpg", "permission denied"),
+    ("broken_link.jpg", "broken symlink"),
+    ("loop_a.jpg", "symlink loop"),
+    ("breaks_halfway.mp4", "breaks at frame"),
+    ("no_frames.mp4", "no decodable"),
+])
+def test_bad_input_is_named_with_reason(corpus_run, name: str, reason: str) -> None:
+    r, _, reasons, _ = corpus_run
+    assert r.exit_code == 1
+    assert name in reasons, r.stderr
+    assert reason in reasons[name]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_input_keeps_every_good_row(corpus_run) -> None:
+    r, table, reasons, seconds = corpus_run
+    faces: dict[str, list] = {}
+    for row in table.to_pylist():
+        faces.setdefault(Path(row["source"]).name, []).append(row)
+    assert len(faces["smile ünïcødé.jpg"]) == 1  # spaces and non-ASCII in the path
+    assert len(faces["animated.gif"]) == 1  # first frame only
+    huge = faces["huge.jpg"]  # detection ran on a downscaled copy; box in full pixels
+    assert len(huge) == 1 and huge[0]["frame_width"] == 12000 and huge[0]["x1"] > 4900
+    assert len({f["frame_index"] for f in faces["good.mp4"]}) == 60
+    broken = sorted({f["frame_index"] for f in faces["breaks_halfway.mp4"]})
+    assert broken and broken == list(range(len(broken))) and len(broken) < 60
+    assert seconds < 600
+    assert "cage: warning: " in r.stderr and "loop_dir: symlink loop" in r.stderr
+    assert r.exit_code == 1  # the loop alone is only a warning; the bad files make it 1
