@@ -14,6 +14,7 @@ from .registry import (
 # Each module below registers its models on import.
 from . import mini_xception  # noqa: E402,F401  isort: skip
 from . import faceapi  # noqa: E402,F401  isort: skip
+from . import cage  # noqa: E402,F401  isort: skip
 
 DEFAULT_MODEL = "fer-mini-xception"
 
