@@ -61,17 +61,23 @@ def found(detector: Detector, crop: np.ndarray, pad: float) -> bool:
 
 def main() -> None:
     detector = Detector(DetectOptions(max_side=None))
+    auto = Detector(DetectOptions(detector="auto", max_side=None))
+    chosen = DetectOptions()
     faces = face_crops(detector)
     rows = []
     for size in SIZES:
         for margin in MARGINS:
             crops = [tight_crop(img, box, size, margin) for _, img, box in faces]
             hits = {pad: sum(found(detector, c, pad) for c in crops) for pad in PADS}
-            any_pad = sum(any(found(detector, c, p) for p in PADS) for c in crops)
+            sources = [auto([c])[0].source if len(auto([c])[0]) else "none" for c in crops]
             rows.append({"size": size, "margin": margin, "faces": len(crops),
                          **{f"pad_{p}": hits[p] / len(crops) for p in PADS},
-                         "any_pad": any_pad / len(crops)})
-    header = ["size", "margin", "faces", *[f"pad_{p}" for p in PADS]]
+                         "auto_detected": sum(s in ("detected", "padded") for s in sources)
+                         / len(crops),
+                         "auto_any": sum(s != "none" for s in sources) / len(crops)})
+    header = ["size", "margin", "faces", *[f"pad_{p}" for p in PADS], "auto_detected",
+              "auto_any"]
+    print(f"auto: pads {chosen.pads}, whole-image fallback up to {chosen.whole_max_side} px")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
@@ -79,7 +85,8 @@ def main() -> None:
             f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |")
     out = Path(__file__).parent / "results" / "crop_recall.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"faces": [n for n, _, _ in faces], "rows": rows}, indent=2))
+    out.write_text(json.dumps({"faces": [n for n, _, _ in faces], "pads": chosen.pads,
+                               "whole_max_side": chosen.whole_max_side, "rows": rows}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -133,11 +133,9 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
             raise DecodeError("video has no decodable frames")
         timestamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
         h, w = vr[0].shape[:2] if n else (0, 0)
-    except DecodeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - decord raises its own error types
-        # FFmpeg could open the container, so its stream has nothing decodable.
-        raise DecodeError(f"no decodable video frames ({_first_line(e)})") from None
+    except Exception:  # noqa: BLE001 - decord cannot index it (e.g. truncated): read in order
+        yield from _pyav_frames(path, sampling)
+        return
     idx = sample_indices(timestamps, sampling)
     chunk = max(1, CHUNK_BYTES // max(1, h * w * 3))
     for lo in range(0, len(idx), chunk):
@@ -160,6 +158,49 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
             yield Frame(path, "video", int(i), float(timestamps[i]), image)
 
 
+def _pyav_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
+    """Fallback for files decord cannot index: PyAV, in decode order, up to any break."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            pts = []
+            try:
+                for packet in container.demux(stream):
+                    if packet.pts is not None:
+                        pts.append(packet.pts)
+            except av.FFmpegError:
+                pass  # the index ends where the file breaks
+            start = stream.start_time or 0
+            timestamps = (np.sort(np.array(pts, np.float64)) - start) * float(stream.time_base)
+    except av.FFmpegError as e:
+        raise DecodeError(f"cannot open video: {_av_reason(e)}") from None
+    want = sample_indices(timestamps, sampling)
+    if not len(timestamps) or not len(want):
+        if not len(timestamps):
+            raise DecodeError("video has no decodable frames")
+        return
+    wanted, last = set(want.tolist()), int(want[-1])
+    i = 0
+    with av.open(path) as container:
+        try:
+            for frame in container.decode(video=0):
+                if i in wanted:
+                    image = frame.to_ndarray(format="rgb24")
+                    yield Frame(path, "video", i, float(timestamps[i]), image)
+                i += 1
+                if i > last:
+                    return
+        except av.FFmpegError as e:
+            if i == 0:
+                raise DecodeError(f"video has no decodable frames ({_av_reason(e)})") from None
+            raise DecodeError(f"video stream breaks at frame {i}: {_av_reason(e)}") from None
+    if i == 0:
+        raise DecodeError("video has no decodable frames")
+    raise DecodeError(f"video stream breaks at frame {i} of {len(timestamps)}")
+
+
 def _video_problem(path: str) -> str | None:
     """Why FFmpeg cannot open ``path`` (decord only logs the reason to stderr)."""
     import av
@@ -169,8 +210,13 @@ def _video_problem(path: str) -> str | None:
             if not container.streams.video:
                 return "no video stream"
     except Exception as e:  # noqa: BLE001
-        return re.sub(r"^\[Errno -?\d+\] ", "", str(e).split(": '")[0])
+        return _av_reason(e)
     return None
+
+
+def _av_reason(e: BaseException) -> str:
+    """PyAV's message without errno and call site: 'Invalid data found when processing input'."""
+    return re.sub(r"^\[Errno -?\d+\] ", "", str(e).split(": '")[0])
 
 
 def _first_line(e: BaseException) -> str:

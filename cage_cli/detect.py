@@ -46,10 +46,11 @@ class DetectOptions:
     min_face: float = 20.0  # pixels, shorter box side at full resolution
     max_faces: int | None = None  # keep the K largest
     max_side: int | None = 1280  # detect on a copy whose longer side is at most this
-    #: --detector auto: border added on each side, as a fraction of the image size
-    pad: float = 0.35
+    #: --detector auto: borders tried in turn (each side, fraction of the image size), chosen
+    #: by benchmarks/crop_recall.py (docs/performance.md)
+    pads: tuple[float, ...] = (0.1, 0.35)
     #: --detector auto: images whose longer side is at most this fall back to the whole image
-    whole_max_side: int = 256
+    whole_max_side: int = 160
 
 
 class Detector:
@@ -131,21 +132,22 @@ class Detector:
         return Faces(boxes, scores, landmarks)
 
     def _retry(self, image: np.ndarray) -> Faces:
-        """--detector auto, for an image with no face: detect on a padded copy, then maybe
-        fall back to the whole image if it is small (likely a pre-cropped face)."""
+        """--detector auto, for an image with no face: detect on padded copies, then fall
+        back to the whole image if it is small (likely a pre-cropped face)."""
         o = self.options
         h, w = image.shape[:2]
-        py, px = int(round(h * o.pad)), int(round(w * o.pad))
-        padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
-        padded[py : py + h, px : px + w] = image
-        faces = self.detect([padded])[0]
-        if len(faces):
-            faces.boxes -= np.array([px, py, px, py], np.float32)
-            faces.landmarks -= np.array([px, py], np.float32)
-            faces.boxes[:, [0, 2]] = faces.boxes[:, [0, 2]].clip(0, w)
-            faces.boxes[:, [1, 3]] = faces.boxes[:, [1, 3]].clip(0, h)
-            faces.source = "padded"
-            return faces
+        for pad in o.pads:
+            py, px = int(round(h * pad)), int(round(w * pad))
+            padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
+            padded[py : py + h, px : px + w] = image
+            faces = self.detect([padded])[0]
+            if len(faces):
+                faces.boxes -= np.array([px, py, px, py], np.float32)
+                faces.landmarks -= np.array([px, py], np.float32)
+                faces.boxes[:, [0, 2]] = faces.boxes[:, [0, 2]].clip(0, w)
+                faces.boxes[:, [1, 3]] = faces.boxes[:, [1, 3]].clip(0, h)
+                faces.source = "padded"
+                return faces
         if max(h, w) <= o.whole_max_side:
             return Faces.whole(w, h)
-        return faces
+        return Faces.empty()
