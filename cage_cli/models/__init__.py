@@ -16,7 +16,8 @@ from . import mini_xception  # noqa: E402,F401  isort: skip
 from . import faceapi  # noqa: E402,F401  isort: skip
 from . import cage  # noqa: E402,F401  isort: skip
 
-DEFAULT_MODEL = "fer-mini-xception"
+#: The default of `cage annotate`: face-api's FaceExpressionNet (colour, 112 px); see README.
+DEFAULT_MODEL = "faceapi-expression"
 
 __all__ = [
     "DEFAULT_MODEL",
