@@ -156,7 +156,7 @@ def print_report(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     console.print(f"[bold]{result['model']}[/bold] on {result['data']}: "
-                  f"{result['n_images']} faces ({result['crop']})", highlight=False)
+                  f"{result['n_images']} faces ({_CROPS[result['crop']]})", highlight=False)
     c = result["classification"]
     if c:
         t = Table(title=f"expressions: accuracy {_f(c['accuracy'])} (n={c['n']})")
@@ -187,6 +187,10 @@ def print_report(result: dict[str, Any], console) -> None:
         console.print(t)
     for n in result["notes"]:
         console.print(f"note: {n}", highlight=False, markup=False)
+
+
+_CROPS = {"mtcnn": "largest MTCNN face per image", "boxes": "face boxes from the data",
+          "whole_image": "pre-cropped faces"}
 
 
 def _f(x) -> str:

@@ -91,8 +91,10 @@ class CageSpec:
             raise ModelError(f"checkpoint has a malformed model description: {e}") from None
 
     def describe(self) -> str:
-        what = (f"{len(self.classes)} classes" if self.classes else "no classes") + (
-            " + valence/arousal" if self.va else "")
+        if not self.classes:
+            what = "valence/arousal only"
+        else:
+            what = f"{len(self.classes)} classes" + (" + valence/arousal" if self.va else "")
         return f"{self.backbone}, {what}, {self.input_size}px"
 
 
