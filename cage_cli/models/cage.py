@@ -214,7 +214,7 @@ def model_config(name: str, spec: CageSpec) -> ModelConfig:
         weights=None,
         output="logits",
         clip_va=False,
-        licence="code MIT (authors' architecture, MIT); weights: whatever you trained on",
+        licence="MIT (code); weights: yours",
         training_data="none shipped; AffectNet in the paper (see docs/training.md)",
         card=CARD,
     )
