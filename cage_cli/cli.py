@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 err = Console(stderr=True)
 
@@ -148,7 +148,9 @@ def annotate(
     except ValueError as e:
         fail(str(e))
     found = discover(paths)
-    if not found.files and not found.errors:
+    if not found.files:
+        for path, reason in found.errors:
+            err.print(f"cage: skipped {path}: {reason}", markup=False, highlight=False)
         fail(f"nothing to do: no image or video files in {', '.join(paths)}"
              + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     options = AnnotateOptions(

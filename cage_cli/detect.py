@@ -77,11 +77,18 @@ class Detector:
         return out
 
     def detect(self, images: list[np.ndarray]) -> list[Faces]:
-        """MTCNN on each frame, one batched call per group of equal-size frames."""
+        """MTCNN on each frame. On a GPU, one batched call per group of equal-size frames.
+
+        On the CPU every frame gets its own call: it is as fast there (measured), and
+        facenet-pytorch's batched MTCNN gives slightly different boxes depending on which
+        frames share the batch, so single calls keep rows identical however a run is
+        grouped, interrupted or resumed.
+        """
         out: list[Faces | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
-            groups.setdefault(im.shape, []).append(i)
+            key = im.shape if self.device.type != "cpu" else (i,)
+            groups.setdefault(key, []).append(i)
         for idx in groups.values():
             for i, faces in zip(idx, self._detect_same_size([images[i] for i in idx]),
                                 strict=True):

@@ -17,7 +17,8 @@ from .schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA
 def predict_faces(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
                   batch_size: int) -> dict[str, np.ndarray]:
     """Predictions for every face of every frame, concatenated in frame order."""
-    crops = [crop_faces(Image.fromarray(f.image), d.boxes, model.config)
+    crops = [crop_faces(Image.fromarray(f.image), d.boxes, model.config,
+                        whole=d.source == "whole_image")
              for f, d in zip(frames, faces, strict=True) if len(d)]
     if not crops:
         return model.predict(torch.zeros((0, 1, 1, 1), dtype=torch.uint8))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from PIL import Image
@@ -133,9 +135,15 @@ def _crop_padded(image: Image.Image, region: tuple[int, int, int, int],
     return out
 
 
-def crop_faces(image: Image.Image, boxes: np.ndarray, config: ModelConfig) -> torch.Tensor:
-    """All faces of one frame as a uint8 tensor (N, S, S, C) for ExpressionModel.predict."""
+def crop_faces(image: Image.Image, boxes: np.ndarray, config: ModelConfig,
+               whole: bool = False) -> torch.Tensor:
+    """All faces of one frame as a uint8 tensor (N, S, S, C) for ExpressionModel.predict.
+
+    ``whole``: the box is the whole (pre-cropped) image, so no margin is added around it.
+    """
     s, c = config.input_size, config.channels
     if len(boxes) == 0:
         return torch.zeros((0, s, s, c), dtype=torch.uint8)
+    if whole:
+        config = replace(config, crop=replace(config.crop, margin=0.0, margin_px=0.0))
     return torch.from_numpy(np.stack([crop_face(image, b, config) for b in boxes]))

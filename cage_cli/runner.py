@@ -68,7 +68,8 @@ def run_info(options: AnnotateOptions, weights_sha256: str | None) -> dict:
         "schema_version": SCHEMA_VERSION,
         "model": options.model,
         "weights_sha256": weights_sha256,
-        "options": dataclasses.asdict(options),
+        # Through JSON, so a fresh run compares equal to one read back from disk.
+        "options": json.loads(json.dumps(dataclasses.asdict(options))),
     }
 
 

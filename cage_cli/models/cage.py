@@ -32,7 +32,8 @@ from .registry import (
     ExpressionModel,
     ModelConfig,
     ModelError,
-    create_model,
+    build_model,
+    get_config,
     load_state_dict,
     register_model,
     resolve_device,
@@ -214,6 +215,7 @@ def model_config(name: str, spec: CageSpec) -> ModelConfig:
         weights=None,
         output="logits",
         clip_va=False,
+        loader=load_model,
         licence="MIT (code); weights: yours",
         training_data="none shipped; AffectNet in the paper (see docs/training.md)",
         card=CARD,
@@ -225,9 +227,6 @@ def _custom_builder() -> nn.Module:
                      "(see docs/training.md)")
 
 
-for _name, _spec in SPECS.items():
-    register_model(model_config(_name, _spec))
-register_model(replace(model_config(CUSTOM, CageSpec()), builder=_custom_builder))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -294,4 +293,9 @@ def load_model(name: str | None, weights: str | Path | None = None, device: str 
                 right = spec_name(spec)
                 raise ModelError(f"{weights} was trained as {spec.describe()}, not {name}; "
                                  f"use --model {right}")
-    return create_model(name, weights=weights, device=device, precision=precision)
+    return build_model(get_config(name), weights=weights, device=device, precision=precision)
+
+
+for _name, _spec in SPECS.items():
+    register_model(model_config(_name, _spec))
+register_model(replace(model_config(CUSTOM, CageSpec()), builder=_custom_builder))

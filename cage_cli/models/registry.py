@@ -75,6 +75,9 @@ class ModelConfig:
     output: str = "logits"
     #: Clip head valence/arousal to [-1, 1].
     clip_va: bool = True
+    #: Models whose network depends on the weights file (e.g. `cage train` checkpoints)
+    #: build themselves: loader(name, weights, device, precision) -> ExpressionModel.
+    loader: Callable[..., ExpressionModel] | None = None
     licence: str = ""
     training_data: str = ""
     card: str = ""  # path of the model card, relative to the repository root
@@ -242,6 +245,15 @@ def create_model(name: str, weights: str | Path | None = None, device: str = "au
                  precision: str = "auto") -> ExpressionModel:
     """Build a registered model with its bundled weights (or ``weights``)."""
     config = get_config(name)
+    if config.loader is not None:
+        return config.loader(name, weights, device, precision)
+    return build_model(config, weights, device, precision)
+
+
+def build_model(config: ModelConfig, weights: str | Path | None = None, device: str = "auto",
+                precision: str = "auto") -> ExpressionModel:
+    """The network of ``config`` with its bundled weights (or ``weights``) loaded."""
+    name = config.name
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     net = config.builder()
