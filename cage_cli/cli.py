@@ -150,7 +150,8 @@ def annotate(
     found = discover(paths)
     if not found.files:
         for path, reason in found.errors:
-            err.print(f"cage: skipped {path}: {reason}", markup=False, highlight=False)
+            err.print(f"cage: skipped {path}: {reason}", markup=False, highlight=False,
+                      soft_wrap=True)
         fail(f"nothing to do: no image or video files in {', '.join(paths)}"
              + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     options = AnnotateOptions(
@@ -183,7 +184,7 @@ def annotate(
         print_summary(err, summary)
     if summary.interrupted:
         err.print(f"cage: interrupted by {summary.interrupted}; finished inputs are saved. "
-                  f"Resume with the same command plus --resume.", markup=False)
+                  f"Resume with the same command plus --resume.", markup=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 

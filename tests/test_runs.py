@@ -283,3 +283,39 @@ def test_bad_input_keeps_every_good_row(corpus_run) -> None:
     assert seconds < 600
     assert "cage: warning: " in r.stderr and "loop_dir: symlink loop" in r.stderr
     assert r.exit_code == 1  # the loop alone is only a warning; the bad files make it 1
+
+
+def test_disk_full_keeps_finished_inputs(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from cage_cli.write import DatasetWriter
+
+    real = DatasetWriter._flush_pending
+    calls = {"n": 0}
+
+    def flush_then_fill_disk(self) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self)
+
+    monkeypatch.setattr(DatasetWriter, "_flush_pending", flush_then_fill_disk)
+    out = tmp_path / "full.parquet"
+    r = cage("annotate", MULTI, SINGLE, "-o", out, "--part-seconds", "0",
+             "--frames-per-batch", "1")
+    assert r.exit_code == 1
+    assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+    kept = read_folder(tmp_path / "full.parquet.cage-partial")
+    assert kept.num_rows == 6  # multiface.jpg, committed before the disk filled
+    monkeypatch.undo()
+    r = cage("annotate", MULTI, SINGLE, "-o", out, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert read(out).num_rows == 7
+
+
+def test_missing_input_path_is_a_usage_error(tmp_path: Path) -> None:
+    r = cage("annotate", tmp_path / "nope", "-o", tmp_path / "x.parquet")
+    assert r.exit_code == 2
+    assert "nope: no such file or folder" in r.stderr and "nothing to do" in r.stderr
+    r = cage("annotate", tmp_path / "nope", SINGLE, "-o", tmp_path / "y.parquet")
+    assert r.exit_code == 1 and read(tmp_path / "y.parquet").num_rows == 1
