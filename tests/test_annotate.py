@@ -51,7 +51,8 @@ def test_photo_face_counts_and_schema(photos: Path, tmp_path: Path) -> None:
     multi = [r for r in rows if r["source"].endswith("multiface.jpg")]
     assert [r["face_index"] for r in multi] == list(range(6))
     single = [r for r in rows if r["source"].endswith("single_face.jpg")][0]
-    assert single["label"] == "happy"
+    assert single["label"] == "happy" and single["p_happy"] > 0.9
+    assert single["p_contempt"] is None  # the bundled models have no contempt class
     assert not (tmp_path / "faces.parquet.cage-partial").exists()
 
 
