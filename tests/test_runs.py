@@ -40,6 +40,15 @@ def run_cli(*args: str | Path, **kw) -> subprocess.Popen:
     )
 
 
+def signal_after_first_part(proc: subprocess.Popen, folder: Path, sig: int) -> str:
+    """Wait until the run has committed a part file, send ``sig``; return its stderr."""
+    deadline = time.monotonic() + 300
+    while not list(folder.glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    return proc.communicate(timeout=120)[1]
+
+
 def rows_by_key(table: pa.Table) -> dict[tuple, dict]:
     rows = table.to_pylist()
     keyed = {tuple(r[k] for k in KEY): r for r in rows}
@@ -113,11 +122,7 @@ def test_sigint_exits_130_and_resumes(media: Path, reference: pa.Table, tmp_path
     out = tmp_path / "faces.parquet"
     partial = tmp_path / "faces.parquet.cage-partial"
     proc = run_cli(media, "-o", out, *SAMPLING, *STEPWISE)
-    deadline = time.monotonic() + 300
-    while not list(partial.glob("part-*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = signal_after_first_part(proc, partial, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     assert not out.exists()
@@ -139,11 +144,7 @@ def test_sigint_exits_130_and_resumes(media: Path, reference: pa.Table, tmp_path
 def test_sigterm_exits_143(media: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     proc = run_cli(media, "-o", f"{out}/", *SAMPLING, *STEPWISE)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = signal_after_first_part(proc, out, signal.SIGTERM)
     assert proc.returncode == 143, stderr
     assert read_folder(out).num_rows > 0
 
