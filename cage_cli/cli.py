@@ -201,18 +201,20 @@ def models_cmd(
 
     out = Console()
     if name is None:
-        table = Table(title="cage models")
-        for col in ("name", "input", "classes", "VA", "weights", "licence"):
+        table = Table(title="cage models", caption="* default of `cage annotate`. "
+                      "`cage models NAME` shows a model's config and card.")
+        table.add_column("name", no_wrap=True)
+        for col in ("input", "classes", "VA", "weights", "licence"):
             table.add_column(col)
         for n in list_models():
             c = get_config(n)
             table.add_row(
-                n + (" (default)" if n == DEFAULT_MODEL else ""),
+                n + (" *" if n == DEFAULT_MODEL else ""),
                 f"{c.input_size}x{c.input_size} {'gray' if c.channels == 1 else 'RGB'}",
                 str(len(c.classes)) if c.classes else "-",
                 c.va_method,
                 "bundled" if c.bundled else "needs --weights",
-                c.licence,
+                c.licence.split(" (")[0],
             )
         out.print(table)
         return
