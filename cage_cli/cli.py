@@ -80,7 +80,7 @@ def annotate(
     det_max_side: Annotated[int, typer.Option(
         help="Detect on a copy downscaled to this longer side (0 = full resolution); boxes "
              "are mapped back and crops come from the full frame.",
-        rich_help_panel="Detection")] = 1280,
+        rich_help_panel="Detection")] = 960,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     batch_size: Annotated[int, typer.Option(

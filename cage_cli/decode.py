@@ -14,7 +14,7 @@ from .inputs import MediaFile
 # Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
 Image.MAX_IMAGE_PIXELS = 250_000_000
 #: Decode videos in chunks of about this many bytes of RGB frames (get_batch per chunk).
-CHUNK_BYTES = 96 * 2**20
+CHUNK_BYTES = 32 * 2**20
 
 
 class DecodeError(Exception):

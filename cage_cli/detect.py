@@ -45,7 +45,7 @@ class DetectOptions:
     threshold: float = 0.9  # final-stage probability
     min_face: float = 20.0  # pixels, shorter box side at full resolution
     max_faces: int | None = None  # keep the K largest
-    max_side: int | None = 1280  # detect on a copy whose longer side is at most this
+    max_side: int | None = 960  # detect on a copy whose longer side is at most this
     #: --detector auto: borders tried in turn (each side, fraction of the image size), chosen
     #: by benchmarks/crop_recall.py (docs/performance.md)
     pads: tuple[float, ...] = (0.1, 0.35)

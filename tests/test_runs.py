@@ -27,9 +27,12 @@ STEPWISE = ["--frames-per-batch", "2", "--part-seconds", "0"]
 
 
 def make_media(folder: Path) -> Path:
+    """12 inputs: the small photos, a portrait, both videos, and more names for the photos."""
     folder.mkdir(parents=True, exist_ok=True)
     for p in (SINGLE, MULTI, NOFACE, MEDIA / "portrait_kate_siegel.jpg", CLIP, INTERVIEW):
         (folder / p.name).symlink_to(p)
+    for i in range(6):
+        (folder / f"copy_{i}_{(SINGLE, NOFACE)[i % 2].name}").symlink_to((SINGLE, NOFACE)[i % 2])
     return folder
 
 
@@ -97,20 +100,24 @@ def test_sigkill_at_random_moments_then_resume(media: Path, reference: pa.Table,
                                                tmp_path: Path) -> None:
     out = tmp_path / "out_dir"
     rng = random.Random(7)
-    finished = False
-    killed_mid_run = 0  # kills that left some inputs committed and some not
+    killed_mid_run = 0  # kills while the run was working
     for _ in range(10):
+        before = len(list(out.glob("part-*.parquet")))
         proc = run_cli(media, "-o", f"{out}/", *SAMPLING, "--resume", *STEPWISE)
-        time.sleep(rng.uniform(2.0, 12.0))
+        # Wait until this run has committed something (or ended), then kill it at a random
+        # moment of the work that follows: mid-decode, mid-model, mid-write or mid-rename.
+        deadline = time.monotonic() + 300
+        while (len(list(out.glob("part-*.parquet"))) == before and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
         finished = proc.poll() is not None
         proc.kill()
         proc.wait()
         if finished:
             assert proc.returncode == 0, proc.stderr.read()
-        table = read_folder(out)
-        if table is not None:
-            rows_by_key(table)  # no duplicates after any kill
-            killed_mid_run += not finished
+        killed_mid_run += not finished
+        rows_by_key(read_folder(out))  # every file opens; no duplicates after any kill
     assert killed_mid_run >= 3  # the kills really interrupted work in progress
     proc = run_cli(media, "-o", f"{out}/", *SAMPLING, "--resume", *STEPWISE)
     _, stderr = proc.communicate(timeout=600)
