@@ -62,6 +62,13 @@ class Result:
     done: bool = False
     error: str | None = None
 
+    @property
+    def faces(self) -> int:
+        """Face rows in this piece (--keep-empty rows have no face)."""
+        if self.rows is None:
+            return 0
+        return self.rows.num_rows - self.rows.column("face_index").null_count
+
 
 @dataclass
 class _End:

@@ -40,8 +40,7 @@ class RunProgress:
 
     def update(self, result: Result) -> None:
         self.frames += result.frames
-        if result.rows is not None:
-            self.faces += result.rows.num_rows
+        self.faces += result.faces
         rate = self.faces / max(time.monotonic() - self._t0, 1e-9)
         self._progress.update(
             self._task, advance=1 if result.done else 0,

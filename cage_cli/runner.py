@@ -212,9 +212,7 @@ def annotate_to(
             for result in pipeline.run(todo):
                 writer.add(result)
                 summary.frames += result.frames
-                if result.rows is not None:
-                    summary.faces += sum(1 for v in result.rows.column("face_index").to_pylist()
-                                         if v is not None)
+                summary.faces += result.faces
                 if result.done:
                     if result.error and not (signals.received and result.error == "interrupted"):
                         summary.files_failed += 1
