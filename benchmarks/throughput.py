@@ -1,6 +1,6 @@
 """End-to-end throughput: frames/s, faces/s and peak memory of cage, a naive loop and fer.
 
-    python benchmarks/throughput.py            # full run (about 15 minutes on 2 CPU cores)
+    python benchmarks/throughput.py            # full run (about 25 minutes on 2 CPU cores)
     python benchmarks/throughput.py --quick    # smoke run: a few frames of each input
     python benchmarks/throughput.py --sections headline,recall --repeats 2
 
@@ -594,6 +594,20 @@ def env_info() -> dict:
             "gpu": "none: GPU throughput (fp32 vs fp16) and GPU busy time not measured"}
 
 
+def cage_defaults() -> dict:
+    """The speed-related defaults of the cage under test."""
+    from dataclasses import asdict
+
+    from cage_cli import decode
+    from cage_cli.detect import DetectOptions
+    from cage_cli.pipeline import RunOptions
+
+    d = DetectOptions()
+    return {"det_max_side": d.max_side, "min_face": d.min_face, "threshold": d.threshold,
+            **{k: v for k, v in asdict(RunOptions()).items()},
+            "decode_chunk_mib": decode.CHUNK_BYTES / 2**20}
+
+
 def headline_cases(name: str) -> list[tuple[str, dict]]:
     """(label, case) for one input: the stages, the baselines, cage's configurations."""
     cases = [("decode", {"kind": "decode"}),
@@ -634,7 +648,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds of the headline cases")
     ap.add_argument("--interview-frames", type=int, default=30)
     ap.add_argument("--sections", default="headline,scaling,recall",
-                    help="comma-separated: headline, scaling, recall")
+                    help="comma-separated: headline, scaling, recall, contention (not run by "
+                         "default: 2 vs 1 torch threads while another process spins on a core)")
     ap.add_argument("--quiet-wait", type=float, default=120,
                     help="seconds in all to wait for other processes to calm down before cases")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per case")
@@ -661,6 +676,7 @@ def main() -> None:
     }
     started = time.perf_counter()
     env = env_info()
+    env["cage_defaults"] = cage_defaults()
     machine = Machine()
     wait_budget = [args.quiet_wait]
     tmp = Path(tempfile.mkdtemp(prefix="cage-throughput-"))
@@ -668,8 +684,8 @@ def main() -> None:
                      "interview_frames": interview_frames, "fer_python": fer_python,
                      "fer_skipped": fer_missing}
 
-    def measure(label: str, case: dict, runs: dict) -> None:
-        waited = machine.wait_quiet(wait_budget)
+    def measure(label: str, case: dict, runs: dict, wait: bool = True) -> None:
+        waited = machine.wait_quiet(wait_budget) if wait else 0.0
         python = fer_python if case["kind"] == "fer" else sys.executable
         r = run_case(case, python, args.timeout, str(tmp), machine)
         r["waited_s"] = waited
@@ -720,6 +736,24 @@ def main() -> None:
                              "buffer_mb": SMALL_BUFFER_MB}, runs)
             results["scaling"] = {k: {**summarize(v), "label": made[k]["label"]}
                                   for k, v in runs.items()}
+
+        if "contention" in sections:
+            # Another busy process on one core (as on a shared machine): 2 vs 1 torch threads.
+            inp = {"paths": inputs["short_clip"]["paths"], "max_frames": 8 if quick else 32}
+            runs = {}
+            for hog in (False, True):
+                proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if hog \
+                    else None
+                try:
+                    for threads in (2, 1):
+                        measure(f"{'1 busy process' if hog else 'none'}|threads {threads}",
+                                {"kind": "cage", **inp, "threads": threads}, runs,
+                                wait=not hog)
+                finally:
+                    if proc is not None:
+                        proc.kill()
+                        proc.wait()
+            results["contention"] = {k: summarize(v) for k, v in runs.items()}
 
         if "recall" in sections:
             case = {"kind": "recall", "video": str(MEDIA / "interview.mp4"),
@@ -852,15 +886,17 @@ def render(results: dict) -> str:
                          r.get("cpu_ms_per_frame"), f"{r['peak_rss_mib']:.0f}",
                          fps / naive if fps and naive else None, _others(r)])
         out += ["## Pipelines and stages", "",
-                f"Median of {results['repeats']} interleaved round(s); frames/s range over the "
-                "rounds. Wall time from the first frame read to the last prediction (imports "
-                "and model loading excluded). Stages alone: decode = cage_cli.decode.frames; "
-                "detect = cage's Detector on pre-decoded frames (default max_side); infer = the "
-                "default model on pre-cut crops in batches of 64 (frames/s: the frames those "
-                "crops came from). CPU ms/frame counts all threads. Peak RSS per process; "
-                f"imports and models alone: {idle.get('peak_rss_mib', 0):.0f} MiB. 'others': "
-                "the most CPU that other processes used during a round of that case, as a share "
-                "of the machine. * = a prototype, not in cage (see docs/performance.md).", "",
+                f"cage defaults: {results['environment'].get('cage_defaults')}.", "",
+                f"Lower median of {results['repeats']} interleaved round(s) (of 2: the "
+                "faster); frames/s range over the rounds. Wall time from the first frame read "
+                "to the last prediction (imports and model loading excluded). Stages alone: "
+                "decode = cage_cli.decode.frames; detect = cage's Detector on pre-decoded "
+                "frames (default max_side); infer = the default model on pre-cut crops in "
+                "batches of 64 (frames/s: the frames those crops came from). CPU ms/frame "
+                "counts all threads. Peak RSS per process; imports and models alone: "
+                f"{idle.get('peak_rss_mib', 0):.0f} MiB. 'others': the most CPU that other "
+                "processes used during a round of that case, as a share of the machine. "
+                "* = a prototype, not in cage (see docs/performance.md).", "",
                 table(["input", "case", "frames", "faces", "frames/s", "range", "faces/s",
                        "CPU ms/frame", "peak RSS MiB", "x naive", "others"], rows), ""]
     if results.get("targets"):
@@ -881,6 +917,15 @@ def render(results: dict) -> str:
             out += [f"## {title}", "",
                     table(["input", "frames", "faces", "frames/s", "faces/s", "CPU ms/frame",
                            "peak RSS MiB", "others"], rows), ""]
+    con = results.get("contention")
+    if con:
+        rows = [[k.split("|")[0], k.split("|")[1], r.get("frames"), r.get("frames_per_s"),
+                 r.get("cpu_ms_per_frame"), _others(r)] for k, r in con.items()]
+        out += ["## Sharing the CPU (short_clip, cage defaults but torch threads)", "",
+                "With another process spinning on one of the cores (started by the benchmark), "
+                "as on a machine shared with other jobs.", "",
+                table(["other busy processes", "torch threads", "frames", "frames/s",
+                       "CPU ms/frame", "others"], rows), ""]
     rec = results.get("recall")
     if rec and "rows" in rec:
         rows = []
