@@ -1,4 +1,4 @@
-"""Stage 3: find faces. MTCNN (facenet-pytorch), batched over frames of equal size.
+"""Stage 3: find faces. MTCNN (facenet-pytorch's networks, run by cage_cli.mtcnn).
 
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
+from cage_cli.mtcnn import MTCNN
 
 DETECTORS = ("mtcnn", "auto", "none")
 
@@ -57,12 +59,9 @@ class Detector:
     """MTCNN with our thresholds; call with a list of (H, W, 3) uint8 frames."""
 
     def __init__(self, options: DetectOptions, device: torch.device | str = "cpu"):
-        from facenet_pytorch import MTCNN
-
         self.options = options
         self.device = torch.device(device)
-        self.mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False,
-                           select_largest=False, min_face_size=20)
+        self.mtcnn = MTCNN(self.device)
 
     def __call__(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> list[Faces]:
         o = self.options
@@ -79,8 +78,8 @@ class Detector:
     def detect(self, images: list[np.ndarray]) -> list[Faces]:
         """MTCNN on each frame. On a GPU, one batched call per group of equal-size frames.
 
-        On the CPU every frame gets its own call: it is as fast there (measured), and
-        facenet-pytorch's batched MTCNN gives slightly different boxes depending on which
+        On the CPU every frame gets its own call: it is as fast there (measured), and a
+        batched call gives slightly different boxes (float rounding) depending on which
         frames share the batch, so single calls keep rows identical however a run is
         grouped, interrupted or resumed.
         """
@@ -108,19 +107,13 @@ class Detector:
             scale_x, scale_y = size[0] / w, size[1] / h
         else:
             scale_x = scale_y = 1.0
-        batch = np.stack(images)
-        # MTCNN's pyramid starts at min_face_size (in detection pixels): smaller is slower.
-        self.mtcnn.min_face_size = max(12, int(o.min_face * min(scale_x, scale_y)))
-        with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+        # MTCNN's pyramid starts at min_face (in detection pixels): smaller is slower.
+        min_face = max(12, int(o.min_face * min(scale_x, scale_y)))
         result = []
-        for b, p, lm in zip(boxes, probs, points, strict=True):
-            if b is None:
-                result.append(Faces.empty())
-                continue
-            b = np.asarray(b, np.float32) / np.array([scale_x, scale_y] * 2, np.float32)
-            lm = np.asarray(lm, np.float32) / np.array([scale_x, scale_y], np.float32)
-            result.append(self._filter(b, np.asarray(p, np.float32), lm, w, h))
+        for b, lm in self.mtcnn(np.stack(images), min_face):
+            b = b / np.array([scale_x, scale_y] * 2 + [1], np.float32)
+            lm = lm / np.array([scale_x, scale_y], np.float32)
+            result.append(self._filter(b[:, :4], b[:, 4], lm, w, h))
         return result
 
     def _filter(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray,

@@ -1,0 +1,162 @@
+"""MTCNN (Zhang et al. 2016) with facenet-pytorch's networks and weights, made faster.
+
+The steps and thresholds are those of ``facenet_pytorch.models.utils.detect_face`` (MIT
+licence), and the networks are facenet-pytorch's own. Two things change, both for speed:
+
+- Every "area" resize (the image pyramid and the 24/48 px crops for the second and third
+  networks) is read from one integral image of the frame. facenet-pytorch calls
+  ``interpolate(mode="area")`` once per pyramid level and once per candidate box, in a
+  Python loop. The integral image gives the same pixel values: area resizing averages
+  whole-pixel bins of uint8 values, whose sums are exact integers in both.
+- The networks run on channels-last tensors: 2-3x faster on the CPU (measured).
+
+Boxes and scores agree with facenet-pytorch to float rounding (tests/test_detectors.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from facenet_pytorch.models.utils.detect_face import (
+    batched_nms,
+    batched_nms_numpy,
+    bbreg,
+    generateBoundingBox,
+    pad,
+    rerec,
+)
+
+
+class MTCNN:
+    """Call with (B, H, W, 3) uint8 frames of one size; returns, per frame, boxes (K, 5: x1,
+    y1, x2, y2, probability) and landmarks (K, 5, 2), in the frames' pixels."""
+
+    thresholds = (0.6, 0.7, 0.7)
+    factor = 0.709
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        from facenet_pytorch import MTCNN as Weights  # loads the three networks' weights
+
+        nets = Weights(device=torch.device(device))
+        self.device = torch.device(device)
+        self.pnet, self.rnet, self.onet = (net.eval().to(memory_format=torch.channels_last)
+                                           for net in (nets.pnet, nets.rnet, nets.onet))
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray,
+                 min_face: int = 20) -> list[tuple[np.ndarray, np.ndarray]]:
+        if not frames.flags.writeable:  # torch warns on read-only arrays; we never write
+            frames = frames.copy()
+        imgs = torch.as_tensor(frames, device=self.device)
+        b, h, w = imgs.shape[:3]
+        sat = _integral(imgs)
+
+        # Stage 1: P-Net on a pyramid whose first level maps min_face to 12 px.
+        boxes, image_inds, picks, offset = [], [], [], 0
+        scale, minl = 12.0 / min_face, min(h, w) * 12.0 / min_face
+        if minl < 12:  # frames smaller than min_face
+            return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
+        while minl >= 12:
+            level = _area_resize(sat, int(h * scale + 1), int(w * scale + 1))
+            reg, probs = self.pnet(_normalise(level))
+            boxes_s, inds_s = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
+            boxes.append(boxes_s)
+            image_inds.append(inds_s)
+            picks.append(batched_nms(boxes_s[:, :4], boxes_s[:, 4], inds_s, 0.5) + offset)
+            offset += len(boxes_s)
+            scale, minl = scale * self.factor, minl * self.factor
+        pick = torch.cat(picks)
+        boxes, image_inds = torch.cat(boxes)[pick], torch.cat(image_inds)[pick]
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+        boxes, image_inds = boxes[pick], image_inds[pick]
+        regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                             boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                             boxes[:, 4]], dim=1)
+        boxes = rerec(boxes)
+
+        # Stage 2: R-Net on 24 px crops.
+        if len(boxes):
+            crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
+            reg, probs = self.rnet(_normalise(crops))
+            keep = (probs[:, 1] > self.thresholds[1]) & valid
+            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+            image_inds, reg = image_inds[keep], reg[keep]
+            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+            boxes = rerec(bbreg(boxes[pick], reg[pick]))
+            image_inds = image_inds[pick]
+
+        # Stage 3: O-Net on 48 px crops, with landmarks.
+        points = torch.zeros(0, 5, 2, device=self.device)
+        if len(boxes):
+            crops, valid = _crops(sat, boxes, image_inds, w, h, 48)
+            reg, marks, probs = self.onet(_normalise(crops))
+            keep = (probs[:, 1] > self.thresholds[2]) & valid
+            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+            image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
+            bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            points = torch.stack((bw * marks[:, :5] + boxes[:, 0:1] - 1,
+                                  bh * marks[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
+            boxes = bbreg(boxes, reg)
+            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+            boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
+
+        boxes, points, inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
+        return [(boxes[inds == i], points[inds == i]) for i in range(b)]
+
+
+def _integral(imgs: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) uint8 -> (B, H+1, W+1, C) integer sums of all pixels above and left."""
+    b, h, w, c = imgs.shape
+    dtype = torch.int32 if h * w * 255 < 2**31 else torch.int64
+    sat = torch.zeros((b, h + 1, w + 1, c), dtype=dtype, device=imgs.device)
+    sat[:, 1:, 1:] = imgs.to(dtype).cumsum(1).cumsum(2)
+    return sat
+
+
+def _bins(size: int | torch.Tensor, out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Start and end (exclusive) of each of ``out`` area-resize bins over ``size`` pixels, as
+    in PyTorch's adaptive average pooling; ``size`` may be a (K, 1) tensor of sizes."""
+    i = torch.arange(out, device=device)
+    return (i * size) // out, ((i + 1) * size + out - 1) // out
+
+
+def _area_resize(sat: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+    """interpolate(mode="area") of the whole frames to (oh, ow), as (B, C, oh, ow) float32."""
+    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    r0, r1 = _bins(h, oh, sat.device)
+    c0, c1 = _bins(w, ow, sat.device)
+
+    def corner(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return sat.index_select(1, r).index_select(2, c)
+
+    total = (corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)).float()
+    out = total / (r1 - r0).float()[:, None, None] / (c1 - c0).float()[:, None]
+    return out.permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
+
+
+def _crops(sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: int, h: int,
+           size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The boxes cut as facenet-pytorch cuts them (clipped to the frame, 1-based ends) and
+    area-resized to size x size: (K, C, size, size) float32, and which boxes overlap the
+    frame at all (facenet-pytorch skips the others; here their crops are garbage)."""
+    y, ey, x, ex = (torch.as_tensor(v, device=sat.device).long()[:, None]
+                    for v in pad(boxes, w, h))
+    valid = ((ey >= y) & (ex >= x))[:, 0]
+    ey, ex = torch.maximum(ey, y), torch.maximum(ex, x)
+    r0, r1 = _bins(ey - y + 1, size, sat.device)
+    c0, c1 = _bins(ex - x + 1, size, sat.device)
+    r0, r1, c0, c1 = r0 + y - 1, r1 + y - 1, c0 + x - 1, c1 + x - 1
+    k = image_inds.long()[:, None, None]
+
+    def corner(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return sat[k, r[:, :, None], c[:, None, :]]  # (K, size, size, C)
+
+    total = (corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)).float()
+    out = total / (r1 - r0).float()[:, :, None, None] / (c1 - c0).float()[:, None, :, None]
+    return out.permute(0, 3, 1, 2), valid  # channels-last memory, NCHW shape
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - 127.5) * 0.0078125
