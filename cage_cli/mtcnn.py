@@ -15,6 +15,8 @@ Boxes and scores agree with facenet-pytorch to float rounding (tests/test_detect
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from facenet_pytorch.models.utils.detect_face import (
@@ -52,19 +54,19 @@ class MTCNN:
         sat = _integral(imgs)
 
         # Stage 1: P-Net on a pyramid whose first level maps min_face to 12 px.
-        boxes, image_inds, picks, offset = [], [], [], 0
-        scale, minl = 12.0 / min_face, min(h, w) * 12.0 / min_face
-        if minl < 12:  # frames smaller than min_face
+        levels, corners, kh, kw = _pyramid(sat.shape, min_face, self.factor, self.device)
+        if not levels:  # frames smaller than min_face
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
-        while minl >= 12:
-            level = _area_resize(sat, int(h * scale + 1), int(w * scale + 1))
+        pyramid = _means(sat, corners, kh, kw).split([oh * ow for _, oh, ow in levels], dim=1)
+        boxes, image_inds, picks, offset = [], [], [], 0
+        for (scale, oh, ow), level in zip(levels, pyramid, strict=True):
+            level = level.reshape(b, oh, ow, -1).permute(0, 3, 1, 2)  # channels-last memory
             reg, probs = self.pnet(_normalise(level))
             boxes_s, inds_s = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
             boxes.append(boxes_s)
             image_inds.append(inds_s)
             picks.append(batched_nms(boxes_s[:, :4], boxes_s[:, 4], inds_s, 0.5) + offset)
             offset += len(boxes_s)
-            scale, minl = scale * self.factor, minl * self.factor
         pick = torch.cat(picks)
         boxes, image_inds = torch.cat(boxes)[pick], torch.cat(image_inds)[pick]
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
@@ -122,18 +124,51 @@ def _bins(size: int | torch.Tensor, out: int, device: torch.device) -> tuple[tor
     return (i * size) // out, ((i + 1) * size + out - 1) // out
 
 
-def _area_resize(sat: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
-    """interpolate(mode="area") of the whole frames to (oh, ow), as (B, C, oh, ow) float32."""
-    h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    r0, r1 = _bins(h, oh, sat.device)
-    c0, c1 = _bins(w, ow, sat.device)
+def _corners(sat_shape: torch.Size, k: torch.Tensor, r0: torch.Tensor, r1: torch.Tensor,
+             c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
+    """Flat indices into the integral image of the four corners of every bin: frame ``k``
+    (K,), row bins [r0, r1) (K, OH), column bins [c0, c1) (K, OW) -> (4, K, OH, OW)."""
+    hp, wp = sat_shape[1], sat_shape[2]
+    base = (k * hp)[:, None, None]
 
-    def corner(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return sat.index_select(1, r).index_select(2, c)
+    def flat(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return (base + r[:, :, None]) * wp + c[:, None, :]
 
-    total = (corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)).float()
-    out = total / (r1 - r0).float()[:, None, None] / (c1 - c0).float()[:, None]
-    return out.permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
+    return torch.stack([flat(r1, c1), flat(r0, c1), flat(r1, c0), flat(r0, c0)])
+
+
+def _means(sat: torch.Tensor, corners: torch.Tensor, kh: torch.Tensor,
+           kw: torch.Tensor) -> torch.Tensor:
+    """Bin means (float32) from one gather of the corners; divided as PyTorch divides
+    (sum / kh / kw), so the values equal interpolate(mode="area") bit for bit."""
+    g = sat.view(-1, sat.shape[-1]).index_select(0, corners.flatten())
+    g = g.view(*corners.shape, sat.shape[-1])
+    return (g[0] - g[1] - g[2] + g[3]).float() / kh / kw
+
+
+@functools.lru_cache(maxsize=4)
+def _pyramid(sat_shape: torch.Size, min_face: int, factor: float,
+             device: torch.device) -> tuple[list[tuple[float, int, int]], torch.Tensor, ...]:
+    """MTCNN's image pyramid for frames of one size: its levels (scale, height, width), and
+    the corners and bin sizes that resize every frame to every level in one gather."""
+    b, h, w = sat_shape[0] - 0, sat_shape[1] - 1, sat_shape[2] - 1
+    levels, corners, kh, kw = [], [], [], []
+    scale, minl = 12.0 / min_face, min(h, w) * 12.0 / min_face
+    frames = torch.arange(b, device=device)
+    while minl >= 12:
+        oh, ow = int(h * scale + 1), int(w * scale + 1)
+        r0, r1 = _bins(h, oh, device)
+        c0, c1 = _bins(w, ow, device)
+        corners.append(_corners(sat_shape, frames, r0.expand(b, oh), r1.expand(b, oh),
+                                c0.expand(b, ow), c1.expand(b, ow)).flatten(2))
+        kh.append((r1 - r0).float()[:, None].expand(oh, ow).flatten())
+        kw.append((c1 - c0).float()[None, :].expand(oh, ow).flatten())
+        levels.append((scale, oh, ow))
+        scale, minl = scale * factor, minl * factor
+    if not levels:
+        return [], None, None, None
+    return (levels, torch.cat(corners, 2).to(torch.int32), torch.cat(kh)[:, None],
+            torch.cat(kw)[:, None])
 
 
 def _crops(sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: int, h: int,
@@ -148,13 +183,9 @@ def _crops(sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: 
     r0, r1 = _bins(ey - y + 1, size, sat.device)
     c0, c1 = _bins(ex - x + 1, size, sat.device)
     r0, r1, c0, c1 = r0 + y - 1, r1 + y - 1, c0 + x - 1, c1 + x - 1
-    k = image_inds.long()[:, None, None]
-
-    def corner(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return sat[k, r[:, :, None], c[:, None, :]]  # (K, size, size, C)
-
-    total = (corner(r1, c1) - corner(r0, c1) - corner(r1, c0) + corner(r0, c0)).float()
-    out = total / (r1 - r0).float()[:, :, None, None] / (c1 - c0).float()[:, None, :, None]
+    corners = _corners(sat.shape, image_inds.long(), r0, r1, c0, c1)
+    out = _means(sat, corners, (r1 - r0).float()[:, :, None, None],
+                 (c1 - c0).float()[:, None, :, None])
     return out.permute(0, 3, 1, 2), valid  # channels-last memory, NCHW shape
 
 

@@ -15,17 +15,18 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import torch
 
 from .decode import DecodeError, Frame, Sampling, frames
-from .detect import DetectOptions, Detector
-from .infer import predict_faces, to_rows
+from .detect import DetectOptions, Detector, Faces
+from .infer import submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
+from .workers import cpu_workers
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,17 @@ class _End:
 
 
 _STOP = object()
+
+
+@dataclass
+class _Job:
+    """A group of decoded items whose frames are being detected."""
+
+    group: list[Frame | _End]
+    frames: list[Frame]
+    faces: Callable[[], list[Faces]]  # waits for the detections
+    n_bytes: int
+    detected: list[Faces] = field(default_factory=list)
 
 
 class _Budget:
@@ -137,13 +149,15 @@ class Pipeline:
         self.run_options = run
         self.model = model or create_model(options.model, options.weights, run.device,
                                            run.precision)
-        self.detector = Detector(options.detect, self.model.device)
+        self.workers = cpu_workers(self.model.device, run.threads)
+        self.detector = Detector(options.detect, self.model.device, self.workers)
         self.stop = threading.Event()
 
     def run(self, files: list[MediaFile]) -> Iterator[Result]:
         """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
-        ``buffer_mb``; a group is processed when it has ``frames_per_batch`` frames, half the
-        buffer, or when the decoder has nothing new for a moment."""
+        ``buffer_mb``. Frames are grouped (``frames_per_batch`` frames, half the buffer, or
+        whatever has come when the decoder pauses); one group is being detected while the
+        one before it is classified."""
         ro = self.run_options
         self.stop = threading.Event()
         q: queue.Queue = queue.Queue()
@@ -155,10 +169,11 @@ class Pipeline:
         producer.start()
         group: list[Frame | _End] = []
         n_frames = n_bytes = 0
+        pending: _Job | None = None  # the group being detected
         try:
             while not self.stop.is_set():
                 try:
-                    item = q.get(timeout=0.05 if group else None)
+                    item = q.get(timeout=0.05 if group or pending else None)
                 except queue.Empty:  # decoder is busy: don't hold finished work back
                     item = None
                 if item is not None and item is not _STOP:
@@ -168,22 +183,38 @@ class Pipeline:
                         n_bytes += item.image.nbytes
                 if item is None or item is _STOP or n_frames >= ro.frames_per_batch \
                         or n_bytes >= budget.limit // 2:
-                    if self.stop.is_set():
-                        break
-                    yield from self._process(group)
-                    budget.release(n_bytes)
-                    group, n_frames, n_bytes = [], 0, 0
+                    # Queue the classification of the group detected before this one ahead of
+                    # this group's detection, then build its rows while the workers detect.
+                    predictions = self._classify(pending) if pending is not None else None
+                    job = self._start(group, n_bytes) if group else None
+                    if pending is not None:
+                        if self.stop.is_set():
+                            break
+                        yield from self._results(pending, predictions())
+                        budget.release(pending.n_bytes)
+                    pending, group, n_frames, n_bytes = job, [], 0, 0
                 if item is _STOP:
+                    if pending is not None and not self.stop.is_set():
+                        yield from self._results(pending, self._classify(pending)())
                     break
         finally:
             self.stop.set()
             producer.join()
 
-    def _process(self, group: list[Frame | _End]) -> Iterator[Result]:
-        """Detect and classify the frames of ``group``; yield results per file, in order."""
+    def _start(self, group: list[Frame | _End], n_bytes: int) -> _Job:
         fr = [x for x in group if isinstance(x, Frame)]
-        faces = self.detector([f.image for f in fr], [f.media == "image" for f in fr])
-        preds = predict_faces(self.model, fr, faces, self.run_options.batch_size)
+        faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr])
+        return _Job(group, fr, faces, n_bytes)
+
+    def _classify(self, job: _Job) -> Callable[[], dict]:
+        """Wait for a group's faces and start classifying them."""
+        job.detected = job.faces()
+        return submit_predictions(self.model, job.frames, job.detected,
+                                  self.run_options.batch_size, self.workers)
+
+    def _results(self, job: _Job, preds: dict) -> Iterator[Result]:
+        """Rows of a classified group, per file, in order."""
+        group, fr, faces = job.group, job.frames, job.detected
         # Split the group into runs of consecutive frames of one file, then rows per run.
         j = k = 0
         i = 0

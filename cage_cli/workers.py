@@ -1,0 +1,28 @@
+"""CPU worker threads shared by detection and classification.
+
+On a CPU, cage runs its compute in a few threads with one torch thread each instead of one
+thread with several intra-op torch threads: MTCNN's small operators scale poorly over intra-op
+threads, and two sets of intra-op threads side by side (detection and classification) spin
+against each other. Measured on 2 cores in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+class Workers(ThreadPoolExecutor):
+    """``n`` threads, each running torch with one intra-op thread."""
+
+    def __init__(self, n: int):
+        super().__init__(n, "cage-worker", torch.set_num_threads, (1,))
+        self.n = n
+
+
+def cpu_workers(device: torch.device | str, threads: int | None = None) -> Workers | None:
+    """Workers for a CPU run (``threads`` of them, default torch's thread count); None on an
+    accelerator or with one thread, where work runs in the calling thread."""
+    n = threads or torch.get_num_threads()
+    return Workers(n) if torch.device(device).type == "cpu" and n > 1 else None
