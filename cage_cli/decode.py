@@ -1,4 +1,5 @@
-"""Stage 2: decode. A media file -> sampled RGB frames (Pillow for images, decord for videos)."""
+"""Stage 2: decode. A media file -> sampled RGB frames (Pillow for images; videos indexed by
+decord and decoded by PyAV)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .inputs import MediaFile
 
 # Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
 Image.MAX_IMAGE_PIXELS = 250_000_000
-#: Decode videos in chunks of about this many bytes of RGB frames (get_batch per chunk).
+#: cage export re-reads video frames with decord in chunks of about this many bytes.
 CHUNK_BYTES = 32 * 2**20
 
 
@@ -119,86 +120,130 @@ def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
 
 
 def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
-    import decord
+    """Sampled frames of a video: decord indexes it (timestamps and keyframes, no decoding),
+    PyAV decodes it in order.
 
-    decord.logging.set_level(decord.logging.QUIET)  # reasons go into our one-line errors
-    problem = _video_problem(path)  # FFmpeg says why a file is not a video; decord only logs it
+    decord's own CPU reader is not used to decode a stream: it keeps decoding ahead in a
+    background thread, without bound, while the caller is busy (dmlc/decord#157, #208), so a
+    slow consumer ends up holding the rest of the video in memory (docs/performance.md).
+    """
+    problem = _video_problem(path)  # FFmpeg says why a file is not a video
     if problem:
         raise DecodeError(f"cannot open video: {problem}")
+    timestamps, keys = _decord_index(path) or _pyav_index(path)
+    if not len(timestamps):
+        raise DecodeError("video has no decodable frames")
+    want = sample_indices(timestamps, sampling)
+    if len(want):
+        yield from _decode(path, timestamps, keys, want)
 
+
+def _decord_index(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each frame's start time (seconds from the stream's start, in presentation order) and
+    the keyframe indices; None if decord cannot index the file (e.g. it is truncated)."""
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         n = len(vr)
         if n == 0:
-            raise DecodeError("video has no decodable frames")
+            return None
         timestamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
-        h, w = vr[0].shape[:2] if n else (0, 0)
-    except Exception:  # noqa: BLE001 - decord cannot index it (e.g. truncated): read in order
-        yield from _pyav_frames(path, sampling)
-        return
-    idx = sample_indices(timestamps, sampling)
-    chunk = max(1, CHUNK_BYTES // max(1, h * w * 3))
-    for lo in range(0, len(idx), chunk):
-        part = idx[lo : lo + chunk]
-        try:
-            batch = vr.get_batch(part.tolist()).asnumpy()
-        except Exception:  # noqa: BLE001 - salvage the frames before the break, one by one
-            batch = None
-        if batch is None:
-            for i in part:
-                try:
-                    image = vr.get_batch([int(i)]).asnumpy()[0]
-                except Exception as e:  # noqa: BLE001
-                    raise DecodeError(
-                        f"video stream breaks at frame {int(i)}: {_first_line(e)}"
-                    ) from None
-                yield Frame(path, "video", int(i), float(timestamps[i]), image)
-            continue
-        for i, image in zip(part, batch, strict=True):
-            yield Frame(path, "video", int(i), float(timestamps[i]), image)
+        return timestamps, np.asarray(vr.get_key_indices(), np.int64)
+    except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV indexes instead
+        return None
 
 
-def _pyav_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
-    """Fallback for files decord cannot index: PyAV, in decode order, up to any break."""
+def _pyav_index(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """As _decord_index, from PyAV's packets, up to any break in the file."""
     import av
 
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
-            pts = []
+            pts, key_pts = [], []
             try:
                 for packet in container.demux(stream):
                     if packet.pts is not None:
                         pts.append(packet.pts)
+                        if packet.is_keyframe:
+                            key_pts.append(packet.pts)
             except av.FFmpegError:
                 pass  # the index ends where the file breaks
-            start = stream.start_time or 0
-            timestamps = (np.sort(np.array(pts, np.float64)) - start) * float(stream.time_base)
+            start, base = stream.start_time or 0, float(stream.time_base)
     except av.FFmpegError as e:
         raise DecodeError(f"cannot open video: {_av_reason(e)}") from None
-    want = sample_indices(timestamps, sampling)
-    if not len(timestamps) or not len(want):
-        if not len(timestamps):
-            raise DecodeError("video has no decodable frames")
-        return
-    wanted, last = set(want.tolist()), int(want[-1])
-    i = 0
+    order = np.sort(np.array(pts, np.float64))
+    keys = np.searchsorted(order, np.array(key_pts, np.float64))
+    return (order - start) * base, keys
+
+
+def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
+            want: np.ndarray) -> Iterator[Frame]:
+    """Decode in order and yield the ``want`` frames (sorted indices). Each decoded frame is
+    matched to its index by its timestamp; the decoder seeks to a keyframe when one lies
+    between the current frame and the next wanted frame, so sparse sampling skips ahead."""
+    import av
+
+    wanted, j, i = want.tolist(), 0, -1
+    keys = np.unique(np.concatenate([[0], keys]))
     with av.open(path) as container:
+        stream = container.streams.video[0]
+        start, base = stream.start_time or 0, float(stream.time_base)
+
+        def keyframe_before(index: int) -> int:
+            return int(keys[np.searchsorted(keys, index, side="right") - 1])
+
+        def seek(index: int) -> Iterator[av.VideoFrame]:
+            if index > 0:  # backward: the keyframe at or before this time
+                target = timestamps[index] + 1e-3
+                container.seek(start + int(target / base), stream=stream, backward=True)
+            return container.decode(stream)
+
+        sought = keyframe_before(wanted[0])  # seek forward only, never twice to one place
+        decoded = seek(sought)
         try:
-            for frame in container.decode(video=0):
-                if i in wanted:
-                    image = frame.to_ndarray(format="rgb24")
-                    yield Frame(path, "video", i, float(timestamps[i]), image)
-                i += 1
-                if i > last:
-                    return
+            while j < len(wanted):
+                frame = next(decoded, None)
+                if frame is None:
+                    break
+                i = _frame_index(frame, start, base, timestamps, i)
+                while j < len(wanted) and wanted[j] < i:  # not in the stream: skip
+                    j += 1
+                if j < len(wanted) and wanted[j] == i:
+                    yield Frame(path, "video", i, float(timestamps[i]), _upright(frame))
+                    j += 1
+                if j < len(wanted) and keyframe_before(wanted[j]) > max(i + 1, sought):
+                    sought = keyframe_before(wanted[j])
+                    decoded = seek(sought)
         except av.FFmpegError as e:
-            if i == 0:
+            if i < 0:
                 raise DecodeError(f"video has no decodable frames ({_av_reason(e)})") from None
-            raise DecodeError(f"video stream breaks at frame {i}: {_av_reason(e)}") from None
-    if i == 0:
-        raise DecodeError("video has no decodable frames")
-    raise DecodeError(f"video stream breaks at frame {i} of {len(timestamps)}")
+            raise DecodeError(f"video stream breaks at frame {i + 1}: {_av_reason(e)}") from None
+    if j < len(wanted):
+        if i < 0:
+            raise DecodeError("video has no decodable frames")
+        raise DecodeError(f"video stream breaks at frame {i + 1} of {len(timestamps)}")
+
+
+def _upright(frame) -> np.ndarray:
+    """RGB pixels as displayed: the stream's rotation (display matrix) applied, as decord does."""
+    image = frame.to_ndarray(format="rgb24")
+    if frame.rotation:  # degrees counterclockwise
+        image = np.ascontiguousarray(np.rot90(image, frame.rotation // 90 % 4))
+    return image
+
+
+def _frame_index(frame, start: int, base: float, timestamps: np.ndarray, previous: int) -> int:
+    """The index of a decoded frame: the frame whose timestamp is nearest its own."""
+    if frame.pts is None:
+        return previous + 1
+    t = (frame.pts - start) * base
+    k = int(np.searchsorted(timestamps, t))
+    if k > 0 and (k == len(timestamps) or t - timestamps[k - 1] < timestamps[k] - t):
+        k -= 1
+    return k
 
 
 def _video_problem(path: str) -> str | None:

@@ -47,9 +47,11 @@ class RunOptions:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 64  # faces per model call
-    frames_per_batch: int = 16  # frames per detection call
-    buffer_mb: int = 512  # decoded frames in flight (queued + being processed), in MiB
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    frames_per_batch: int = 16  # frames per group (detected while the last is classified)
+    #: decoded frames in flight (queued, detected, classified), in MiB: two groups of frames
+    #: is all the overlap needs; more only holds memory (docs/performance.md)
+    buffer_mb: int = 128
+    threads: int | None = None  # CPU worker threads (None: torch's thread count)
 
 
 @dataclass
