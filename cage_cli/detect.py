@@ -49,7 +49,10 @@ class DetectOptions:
     threshold: float = 0.9  # final-stage probability
     min_face: float = 20.0  # pixels, shorter box side at full resolution
     max_faces: int | None = None  # keep the K largest
-    max_side: int | None = 960  # detect on a copy whose longer side is at most this
+    max_side: int | None = 960  # detect on a copy whose longer side is at most this...
+    #: ...but never smaller than this fraction of full resolution, so that faces 40 px tall
+    #: stay 16 px tall where MTCNN looks (4K video; docs/performance.md)
+    min_scale: float = 0.4
     #: --detector auto: borders tried in turn (each side, fraction of the image size), chosen
     #: by benchmarks/crop_recall.py (docs/performance.md)
     pads: tuple[float, ...] = (0.1, 0.35)
@@ -128,7 +131,7 @@ class Detector:
         h, w = images[0].shape[:2]
         scale = 1.0
         if o.max_side and max(h, w) > o.max_side:
-            scale = o.max_side / max(h, w)
+            scale = min(1.0, max(o.max_side / max(h, w), o.min_scale))
         if scale != 1.0:  # Pillow per frame: no float copy of a huge frame or batch
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             images = [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR,
