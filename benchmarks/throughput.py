@@ -149,7 +149,7 @@ def child_detect(case: dict) -> dict:
     start = _clock()
     waits = [detector.submit(images[i : i + fpb]) for i in range(0, len(images), fpb)]
     for wait in waits:
-        boxes += [f.boxes.tolist() for f in wait()]
+        boxes += [f.boxes.tolist() for f in wait.get()]
     result = {"frames": len(images), "faces": sum(len(b) for b in boxes), **_since(start)}
     if case.get("boxes_out"):
         Path(case["boxes_out"]).write_text(json.dumps(boxes))

@@ -86,14 +86,18 @@ def annotate(
     batch_size: Annotated[int, typer.Option(
         help="Faces per model call.", rich_help_panel="Performance")] = 64,
     frames_per_batch: Annotated[int, typer.Option(
-        help="Frames per detection call.", rich_help_panel="Performance")] = 16,
+        help="Frames per group: one group is detected while the one before is classified "
+             "(on a GPU, one detection call per group).",
+        rich_help_panel="Performance")] = 16,
     device: Annotated[str, typer.Option(
         help="auto | cpu | cuda | cuda:N | mps.", rich_help_panel="Performance")] = "auto",
     precision: Annotated[str, typer.Option(
         help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.",
         rich_help_panel="Performance")] = "auto",
     threads: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="CPU threads for torch (default: torch's choice).",
+        help="CPU worker threads, each detecting or classifying with one torch thread "
+             "(default: torch's thread count, usually the cores). Use fewer on a machine "
+             "shared with other jobs.",
         rich_help_panel="Performance")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run into the same output; finished inputs are skipped.",

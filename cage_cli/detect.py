@@ -6,7 +6,6 @@ are mapped back to full-resolution pixels, and crops are always cut from the ful
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from cage_cli.mtcnn import MTCNN
+from cage_cli.workers import Results
 
 DETECTORS = ("mtcnn", "auto", "none")
 
@@ -78,26 +78,19 @@ class Detector:
 
     def __call__(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> list[Faces]:
         """Faces of each frame; ``is_image`` marks photos (--detector auto retries those)."""
-        return self.submit(images, is_image)()
+        return self.submit(images, is_image).get()
 
-    def submit(self, images: list[np.ndarray],
-               is_image: list[bool] | None = None) -> Callable[[], list[Faces]]:
-        """Start detecting; the returned function waits for the faces. On the CPU the frames
-        go to the pool, so the caller can do other work meanwhile."""
+    def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> Results:
+        """Start detecting. On the CPU the frames go to the worker pool, one per task, so
+        the caller can do other work meanwhile; on an accelerator they are detected now."""
         flags = is_image if is_image is not None else [True] * len(images)
         if self.options.detector == "none":
-            out = [Faces.whole(im.shape[1], im.shape[0]) for im in images]
-        elif self._pool is not None:
-            futures = [self._pool.submit(self._one, im, f) for im, f in zip(images, flags,
-                                                                            strict=True)]
-            return lambda: [f.result() for f in futures]
-        elif self.device.type == "cpu":
-            out = [self._one(im, f) for im, f in zip(images, flags, strict=True)]
-        else:
-            out = [self._retry(im) if not len(faces) and f and self.options.detector == "auto"
-                   else faces for im, f, faces in zip(images, flags, self.detect(images),
-                                                     strict=True)]
-        return lambda: out
+            return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
+        if self.device.type == "cpu":
+            return Results.map(self._pool, self._one, images, flags)
+        faces = self.detect(images)
+        return Results([self._retry(im) if not len(d) and f and self.options.detector == "auto"
+                        else d for im, f, d in zip(images, flags, faces, strict=True)])
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
         faces = self._detect_same_size([image])[0]

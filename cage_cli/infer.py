@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -14,40 +12,36 @@ from .detect import Faces
 from .models import ExpressionModel
 from .preprocess import crop_faces
 from .schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA
-from .workers import Workers
+from .workers import Results, Workers
 
 
 def predict_faces(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
                   batch_size: int) -> dict[str, np.ndarray]:
     """Predictions for every face of every frame, concatenated in frame order."""
-    return submit_predictions(model, frames, faces, batch_size)()
+    return concat(submit_predictions(model, frames, faces, batch_size).get())
 
 
 def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
                        batch_size: int, pool: Workers | None = None
-                       ) -> Callable[[], dict[str, np.ndarray]]:
-    """Crop the faces and start classifying them; the returned function waits for the
-    predictions. With a CPU ``pool``, the faces are split evenly over its threads."""
+                       ) -> Results:
+    """Crop the faces and start classifying them; ``.get()`` gives the predictions. With a
+    CPU ``pool``, the faces are split evenly over its threads."""
     crops = [crop_faces(Image.fromarray(f.image), d.boxes, model.config,
                         whole=d.source == "whole_image")
              for f, d in zip(frames, faces, strict=True) if len(d)]
     if not crops:
-        out = model.predict(torch.zeros((0, 1, 1, 1), dtype=torch.uint8))
-        return lambda: out
+        return Results([model.predict(torch.zeros((0, 1, 1, 1), dtype=torch.uint8))])
     x = torch.cat(crops)
     if model.device.type == "cuda":
         x = x.pin_memory()
     if pool is not None and model.device.type == "cpu":
         batch_size = min(batch_size, -(-len(x) // pool.n))
     chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-    if pool is None or model.device.type != "cpu":
-        parts = [model.predict(c) for c in chunks]
-        return lambda: _concat(parts)
-    futures = [pool.submit(model.predict, c) for c in chunks]
-    return lambda: _concat([f.result() for f in futures])
+    return Results.map(pool if model.device.type == "cpu" else None, model.predict, chunks)
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One dict of arrays from the per-chunk predictions."""
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -23,10 +23,10 @@ import torch
 
 from .decode import DecodeError, Frame, Sampling, frames
 from .detect import DetectOptions, Detector, Faces
-from .infer import submit_predictions, to_rows
+from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
-from .workers import cpu_workers
+from .workers import Results, cpu_workers
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class _Job:
 
     group: list[Frame | _End]
     frames: list[Frame]
-    faces: Callable[[], list[Faces]]  # waits for the detections
+    faces: Results  # the detections, maybe still running
     n_bytes: int
     detected: list[Faces] = field(default_factory=list)
 
@@ -158,8 +158,9 @@ class Pipeline:
     def run(self, files: list[MediaFile]) -> Iterator[Result]:
         """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
         ``buffer_mb``. Frames are grouped (``frames_per_batch`` frames, half the buffer, or
-        whatever has come when the decoder pauses); one group is being detected while the
-        one before it is classified."""
+        whatever has come when the decoder pauses and the last group's detection is done).
+        When a group is ready, the last group's classification is queued, then this group's
+        detection, so the workers detect while this thread builds rows."""
         ro = self.run_options
         self.stop = threading.Event()
         q: queue.Queue = queue.Queue()
@@ -171,33 +172,33 @@ class Pipeline:
         producer.start()
         group: list[Frame | _End] = []
         n_frames = n_bytes = 0
-        pending: _Job | None = None  # the group being detected
+        pending: _Job | None = None  # detected or being detected, not yet classified
         try:
             while not self.stop.is_set():
                 try:
                     item = q.get(timeout=0.05 if group or pending else None)
-                except queue.Empty:  # decoder is busy: don't hold finished work back
+                except queue.Empty:
                     item = None
                 if item is not None and item is not _STOP:
                     group.append(item)
                     if isinstance(item, Frame):
                         n_frames += 1
                         n_bytes += item.image.nbytes
-                if item is None or item is _STOP or n_frames >= ro.frames_per_batch \
-                        or n_bytes >= budget.limit // 2:
-                    # Queue the classification of the group detected before this one ahead of
-                    # this group's detection, then build its rows while the workers detect.
+                full = n_frames >= ro.frames_per_batch or n_bytes >= budget.limit // 2
+                # The decoder is slower than the workers: don't keep them (or results) waiting.
+                idle = item is None and (pending is None or pending.faces.done())
+                if item is _STOP or full or idle:
                     predictions = self._classify(pending) if pending is not None else None
                     job = self._start(group, n_bytes) if group else None
                     if pending is not None:
                         if self.stop.is_set():
                             break
-                        yield from self._results(pending, predictions())
+                        yield from self._results(pending, concat(predictions.get()))
                         budget.release(pending.n_bytes)
                     pending, group, n_frames, n_bytes = job, [], 0, 0
                 if item is _STOP:
                     if pending is not None and not self.stop.is_set():
-                        yield from self._results(pending, self._classify(pending)())
+                        yield from self._results(pending, concat(self._classify(pending).get()))
                     break
         finally:
             self.stop.set()
@@ -208,9 +209,9 @@ class Pipeline:
         faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr])
         return _Job(group, fr, faces, n_bytes)
 
-    def _classify(self, job: _Job) -> Callable[[], dict]:
+    def _classify(self, job: _Job) -> Results:
         """Wait for a group's faces and start classifying them."""
-        job.detected = job.faces()
+        job.detected = job.faces.get()
         return submit_predictions(self.model, job.frames, job.detected,
                                   self.run_options.batch_size, self.workers)
 

@@ -39,7 +39,8 @@ class Summary:
     files_resumed: int = 0  # done by an earlier run (--resume)
     frames: int = 0
     faces: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time in all
+    load_seconds: float = 0.0  # of which: loading the models
     interrupted: str | None = None  # "SIGINT" | "SIGTERM"
     errors: list[dict] = field(default_factory=list)
     output: str = ""
@@ -47,7 +48,9 @@ class Summary:
 
     @property
     def faces_per_s(self) -> float:
-        return self.faces / self.seconds if self.seconds else 0.0
+        """Faces per second of annotation (model loading not counted)."""
+        work = self.seconds - self.load_seconds
+        return self.faces / work if work > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -164,7 +167,9 @@ def annotate_to(
     if output != "-":
         _prepare_folder(folder, tag, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
 
+    loading = time.monotonic()
     pipeline = Pipeline(options, run)
+    summary.load_seconds = time.monotonic() - loading
     info = run_info(options, pipeline.model.weights_sha256)
     done_before: dict[str, dict] = {}
     next_seq = 0

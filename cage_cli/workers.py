@@ -8,7 +8,8 @@ against each other. Measured on 2 cores in docs/performance.md.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -26,3 +27,24 @@ def cpu_workers(device: torch.device | str, threads: int | None = None) -> Worke
     accelerator or with one thread, where work runs in the calling thread."""
     n = threads or torch.get_num_threads()
     return Workers(n) if torch.device(device).type == "cpu" and n > 1 else None
+
+
+class Results:
+    """Results of work items, in order: already computed, or futures still running."""
+
+    def __init__(self, values: list | None = None, futures: list[Future] | None = None):
+        self._values, self._futures = values, futures
+
+    @classmethod
+    def map(cls, pool: ThreadPoolExecutor | None, fn: Callable, *items: list) -> Results:
+        """``fn`` over the items, in the pool if there is one, else here and now."""
+        if pool is None:
+            return cls(values=list(map(fn, *items)))
+        return cls(futures=[pool.submit(fn, *args) for args in zip(*items, strict=True)])
+
+    def done(self) -> bool:
+        return self._futures is None or all(f.done() for f in self._futures)
+
+    def get(self) -> list:
+        """Wait for every result."""
+        return self._values if self._futures is None else [f.result() for f in self._futures]
