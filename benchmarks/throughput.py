@@ -633,7 +633,7 @@ def main() -> None:
     ap.add_argument("--interview-frames", type=int, default=30)
     ap.add_argument("--sections", default="headline,scaling,recall",
                     help="comma-separated: headline, scaling, recall, contention (not run by "
-                         "default: 2 vs 1 torch threads while another process spins on a core)")
+                         "default: 2 vs 1 worker threads while another process spins on a core)")
     ap.add_argument("--quiet-wait", type=float, default=120,
                     help="seconds in all to wait for other processes to calm down before cases")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per case")
@@ -716,7 +716,7 @@ def main() -> None:
                                   for k, v in runs.items()}
 
         if "contention" in sections:
-            # Another busy process on one core (as on a shared machine): 2 vs 1 torch threads.
+            # Another busy process on one core (as on a shared machine): 2 vs 1 worker threads.
             inp = {"paths": inputs["short_clip"]["paths"], "max_frames": 8 if quick else 32}
             runs = {}
             for hog in (False, True):
@@ -903,10 +903,10 @@ def render(results: dict) -> str:
     if con:
         rows = [[k.split("|")[0], k.split("|")[1], r.get("frames"), r.get("frames_per_s"),
                  r.get("cpu_ms_per_frame"), _others(r)] for k, r in con.items()]
-        out += ["## Sharing the CPU (short_clip, cage defaults but torch threads)", "",
+        out += ["## Sharing the CPU (short_clip, cage defaults but --threads)", "",
                 "With another process spinning on one of the cores (started by the benchmark), "
                 "as on a machine shared with other jobs.", "",
-                table(["other busy processes", "torch threads", "frames", "frames/s",
+                table(["other busy processes", "threads", "frames", "frames/s",
                        "CPU ms/frame", "others"], rows), ""]
     rec = results.get("recall")
     if rec and "rows" in rec:
