@@ -583,14 +583,13 @@ def cage_defaults() -> dict:
     """The speed-related defaults of the cage under test."""
     from dataclasses import asdict
 
-    from cage_cli import decode
     from cage_cli.detect import DetectOptions
     from cage_cli.pipeline import RunOptions
 
     d = DetectOptions()
-    return {"det_max_side": d.max_side, "min_face": d.min_face, "threshold": d.threshold,
-            **{k: v for k, v in asdict(RunOptions()).items()},
-            "decode_chunk_mib": decode.CHUNK_BYTES / 2**20}
+    return {"det_max_side": d.max_side, "det_min_scale": d.min_scale, "min_face": d.min_face,
+            "threshold": d.threshold,
+            **{k: v for k, v in asdict(RunOptions()).items()}}
 
 
 def headline_cases(name: str) -> list[tuple[str, dict]]:

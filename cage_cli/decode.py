@@ -14,8 +14,6 @@ from .inputs import MediaFile
 
 # Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
 Image.MAX_IMAGE_PIXELS = 250_000_000
-#: cage export re-reads video frames with decord in chunks of about this many bytes.
-CHUNK_BYTES = 32 * 2**20
 
 
 class DecodeError(Exception):
@@ -127,15 +125,30 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     background thread, without bound, while the caller is busy (dmlc/decord#157, #208), so a
     slow consumer ends up holding the rest of the video in memory (docs/performance.md).
     """
+    timestamps, keys = _video_index(path)
+    want = sample_indices(timestamps, sampling)
+    if len(want):
+        yield from _decode(path, timestamps, keys, want)
+
+
+def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
+    """The frames at these indices (as annotate numbered them), in order."""
+    timestamps, keys = _video_index(path)
+    if indices and max(indices) >= len(timestamps):
+        raise DecodeError(f"frame {max(indices)} is past the video's end ({len(timestamps)} "
+                          "frames; a different file?)")
+    if indices:
+        yield from _decode(path, timestamps, keys, np.unique(np.asarray(indices)))
+
+
+def _video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
     problem = _video_problem(path)  # FFmpeg says why a file is not a video
     if problem:
         raise DecodeError(f"cannot open video: {problem}")
     timestamps, keys = _decord_index(path) or _pyav_index(path)
     if not len(timestamps):
         raise DecodeError("video has no decodable frames")
-    want = sample_indices(timestamps, sampling)
-    if len(want):
-        yield from _decode(path, timestamps, keys, want)
+    return timestamps, keys
 
 
 def _decord_index(path: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -262,14 +275,3 @@ def _video_problem(path: str) -> str | None:
 def _av_reason(e: BaseException) -> str:
     """PyAV's message without errno and call site: 'Invalid data found when processing input'."""
     return re.sub(r"^\[Errno -?\d+\] ", "", str(e).split(": '")[0])
-
-
-def _first_line(e: BaseException) -> str:
-    """decord's messages carry C++ log prefixes and the path; keep the reason."""
-    text = str(e).strip() or type(e).__name__
-    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text.splitlines()[0])
-    text = re.sub(r"Check failed: .*\) ", "", text)
-    if "ERROR opening:" in text:
-        text = text.rsplit(", ", 1)[-1]
-    text = re.sub(r"^Error reading .*?\.\.\.", "", text).strip()
-    return text[:200] or type(e).__name__

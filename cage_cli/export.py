@@ -365,15 +365,8 @@ def _frames_of(path: Path, media: str, indices: list[int],
     """(frame_index, RGB frame) for the wanted frames; raises DecodeError with the reason.
 
     Photos go through decode.load_image (EXIF rotation applied, as annotate saw them); videos
-    are re-decoded with decord at the recorded indices, in chunks of decode.CHUNK_BYTES."""
-    from .decode import (
-        CHUNK_BYTES,
-        DecodeError,
-        _check_readable,
-        _first_line,
-        _video_problem,
-        load_image,
-    )
+    are decoded again as annotate decoded them, keeping the recorded frame indices."""
+    from .decode import DecodeError, _check_readable, load_image, video_frames_at
 
     _check_readable(str(path))
     w, h = size
@@ -384,31 +377,12 @@ def _frames_of(path: Path, media: str, indices: list[int],
                               f"{w}x{h} (a different file?)")
         yield 0, img
         return
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)  # reasons go into our one-line errors
-    problem = _video_problem(str(path))  # as annotate: FFmpeg says why, decord only logs it
-    if problem:
-        raise DecodeError(f"cannot open video: {problem}")
-    try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
-        vh, vw = vr[0].shape[:2] if n else (0, 0)
-    except Exception as e:  # noqa: BLE001 - decord raises its own error types
-        raise DecodeError(f"cannot open video: {_first_line(e)}") from None
-    if (vw, vh) != (w, h):
-        raise DecodeError(f"video is {vw}x{vh}, the annotations say {w}x{h} (a different file?)")
-    if indices and indices[-1] >= n:
-        raise DecodeError(f"frame {indices[-1]} is past the video's end ({n} frames; "
-                          "a different file?)")
-    chunk = max(1, CHUNK_BYTES // max(1, w * h * 3))
-    for lo in range(0, len(indices), chunk):
-        part = indices[lo:lo + chunk]
-        try:
-            batch = vr.get_batch(part).asnumpy()
-        except Exception as e:  # noqa: BLE001
-            raise DecodeError(f"cannot decode frame {part[0]}: {_first_line(e)}") from None
-        yield from zip(part, batch, strict=True)
+    for frame in video_frames_at(str(path), indices):
+        vh, vw = frame.image.shape[:2]
+        if (vw, vh) != (w, h):
+            raise DecodeError(f"video is {vw}x{vh}, the annotations say {w}x{h} "
+                              "(a different file?)")
+        yield frame.index, frame.image
 
 
 def _crop_names(rows: list[dict], ext: str) -> None:
