@@ -65,8 +65,9 @@ def print_summary(console: Console, s: Summary) -> None:
     rows += [
         ("frames", s.frames),
         ("faces", s.faces),
-        ("wall time", f"{s.seconds:.1f} s ({s.load_seconds:.1f} s loading models)"),
-        ("faces/s", f"{s.faces_per_s:.1f} (after loading)"),
+        ("wall time", f"{s.seconds:.1f} s" + (f" ({s.load_seconds:.1f} s loading models)"
+                                               if s.load_seconds >= 0.5 else "")),
+        ("faces/s", f"{s.faces_per_s:.1f}"),
         ("output", s.output),
     ]
     for k, v in rows:
