@@ -209,27 +209,35 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
             return int(keys[np.searchsorted(keys, index, side="right") - 1])
 
         def seek(index: int) -> Iterator[av.VideoFrame]:
-            if index > 0:  # backward: the keyframe at or before this time
-                target = timestamps[index] + 1e-3
-                container.seek(start + int(target / base), stream=stream, backward=True)
+            """Decode from the keyframe at or before frame ``index`` (0: the start)."""
+            target = timestamps[index] + 1e-3 if index > 0 else 0.0
+            container.seek(start + int(target / base), stream=stream, backward=True)
             return container.decode(stream)
 
-        sought = keyframe_before(wanted[0])  # seek forward only, never twice to one place
-        decoded = seek(sought)
+        # Seek forward only, never twice to one place; stop seeking if a seek overshoots
+        # (some containers have imprecise indexes) and decode from the start instead.
+        sought, can_seek = keyframe_before(wanted[0]), True
+        decoded, check = (seek(sought), True) if sought > 0 else (container.decode(stream), False)
         try:
             while j < len(wanted):
                 frame = next(decoded, None)
                 if frame is None:
                     break
                 i = _frame_index(frame, start, base, timestamps, i)
+                if check:
+                    check = False
+                    if i > wanted[j]:  # landed past the frame we need
+                        can_seek, i, decoded = False, -1, seek(0)
+                        continue
                 while j < len(wanted) and wanted[j] < i:  # not in the stream: skip
                     j += 1
                 if j < len(wanted) and wanted[j] == i:
                     yield Frame(path, "video", i, float(timestamps[i]), _upright(frame))
                     j += 1
-                if j < len(wanted) and keyframe_before(wanted[j]) > max(i + 1, sought):
+                if can_seek and j < len(wanted) and keyframe_before(wanted[j]) > max(i + 1,
+                                                                                    sought):
                     sought = keyframe_before(wanted[j])
-                    decoded = seek(sought)
+                    decoded, check = seek(sought), True
         except av.FFmpegError as e:
             if i < 0:
                 raise DecodeError(f"video has no decodable frames ({_av_reason(e)})") from None

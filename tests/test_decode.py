@@ -113,3 +113,23 @@ def test_slow_consumer_does_not_buffer_the_video(tmp_path: Path) -> None:
         next(it)
     assert threading.active_count() >= 1
     assert rss_mib() - before < 100  # the whole video would be about 316 MiB
+
+
+def test_a_seek_that_overshoots_falls_back_to_decoding_in_order(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Containers with imprecise indexes can land past the wanted frame: the frames still
+    come out right (decoded from the start, no more seeking)."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(10)]
+    path = _write(tmp_path / "v.mp4", images * 12, gop=10)  # 120 frames, keyframe every 10
+    ref, _ = _decord_frames(path)
+    real_seek = av.container.InputContainer.seek
+
+    def late_seek(self, offset, *args, **kwargs):  # lands 2 s (50 frames) later
+        real_seek(self, offset + (int(2 / float(self.streams.video[0].time_base))
+                                  if offset > 0 else 0), *args, **kwargs)
+
+    monkeypatch.setattr(av.container.InputContainer, "seek", late_seek)
+    got = list(frames(MediaFile(str(path), "video"), Sampling(start=1.0, max_frames=3)))
+    assert [f.index for f in got] == [25, 26, 27]
+    assert all(np.array_equal(f.image, ref[f.index]) for f in got)
