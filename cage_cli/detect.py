@@ -88,12 +88,14 @@ class Detector:
             return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
         if self.device.type == "cpu":
             return Results.map(self._pool, self._one, images, flags)
-        faces = self.detect(images)
-        return Results([self._retry(im) if not len(d) and f and self.options.detector == "auto"
-                        else d for im, f, d in zip(images, flags, faces, strict=True)])
+        return Results([self._auto(im, f, d)
+                        for im, f, d in zip(images, flags, self.detect(images), strict=True)])
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
-        faces = self._detect_same_size([image])[0]
+        return self._auto(image, is_image, self._detect_same_size([image])[0])
+
+    def _auto(self, image: np.ndarray, is_image: bool, faces: Faces) -> Faces:
+        """--detector auto: a photo without a face gets another try (padded, whole)."""
         if not len(faces) and is_image and self.options.detector == "auto":
             return self._retry(image)
         return faces

@@ -10,7 +10,7 @@ licence), and the networks are facenet-pytorch's own. Two things change, both fo
   whole-pixel bins of uint8 values, whose sums are exact integers in both.
 - The networks run on channels-last tensors: 2-3x faster on the CPU (measured).
 
-Boxes and scores agree with facenet-pytorch to float rounding (tests/test_detectors.py).
+Boxes and scores agree with facenet-pytorch to float rounding (tests/test_mtcnn.py).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _pyramid(sat_shape: torch.Size, min_face: int, factor: float,
              device: torch.device) -> tuple[list[tuple[float, int, int]], torch.Tensor, ...]:
     """MTCNN's image pyramid for frames of one size: its levels (scale, height, width), and
     the corners and bin sizes that resize every frame to every level in one gather."""
-    b, h, w = sat_shape[0] - 0, sat_shape[1] - 1, sat_shape[2] - 1
+    b, h, w = sat_shape[0], sat_shape[1] - 1, sat_shape[2] - 1
     levels, corners, kh, kw = [], [], [], []
     scale, minl = 12.0 / min_face, min(h, w) * 12.0 / min_face
     frames = torch.arange(b, device=device)
