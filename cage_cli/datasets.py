@@ -316,11 +316,6 @@ def balance(data: FaceData, seed: int = 0) -> FaceData:
 
 # --------------------------------------------------------------------------- faces
 
-def whole_image_config(config: ModelConfig) -> ModelConfig:
-    """A pre-cropped face is the model's input region already: square it, add no margin."""
-    return replace(config, crop=replace(config.crop, margin=0.0, margin_px=0.0))
-
-
 def open_rgb(path: str):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -335,7 +330,7 @@ def open_rgb(path: str):
 
 def load_face(sample: Sample, config: ModelConfig) -> np.ndarray:
     """The model's input for one sample: (S, S, C) uint8, cropped as ``config`` says."""
-    from .preprocess import crop_face
+    from .preprocess import crop_face, whole_image_config
 
     image = open_rgb(sample.path)
     if sample.box is not None:
@@ -351,8 +346,7 @@ def detect_faces(data: FaceData, device: str = "cpu", cache: Path | None = None,
     Boxes are cached in ``cache`` (JSON, keyed by path) when given, so a resumed run does not
     detect again.
     """
-    import torch
-    from facenet_pytorch import MTCNN
+    from .mtcnn import MTCNN
 
     known: dict[str, list[float] | None] = {}
     if cache is not None and cache.is_file():
@@ -362,8 +356,7 @@ def detect_faces(data: FaceData, device: str = "cpu", cache: Path | None = None,
             known = {}
     todo = sorted({s.path for s in data.samples if s.path not in known})
     if todo:
-        mtcnn = MTCNN(keep_all=True, device=torch.device(device), post_process=False,
-                      min_face_size=20)
+        mtcnn = MTCNN(device)
         for i, p in enumerate(todo):
             known[p] = _largest_face(mtcnn, open_rgb(p))
             if progress:
@@ -379,19 +372,17 @@ def detect_faces(data: FaceData, device: str = "cpu", cache: Path | None = None,
 
 
 def _largest_face(mtcnn, image, max_side: int = 1280) -> list[float] | None:
-    import torch
     from PIL import Image
 
     scale = min(1.0, max_side / max(image.size))
     small = image if scale == 1.0 else image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
         Image.Resampling.BILINEAR)
-    with torch.inference_mode():
-        boxes, probs = mtcnn.detect(small)
-    if boxes is None or len(boxes) == 0:
+    (boxes, _landmarks), = mtcnn(np.asarray(small)[None], 20)
+    if len(boxes) == 0:
         return None
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return [float(v) / scale for v in boxes[int(np.argmax(areas))]]
+    return [float(v) / scale for v in boxes[int(np.argmax(areas)), :4]]
 
 
 class FaceDataset:

@@ -65,8 +65,8 @@ class Detector:
 
     With a ``pool`` (cage_cli.workers: threads with one torch thread each), frames
     on the CPU are detected in parallel, one per thread: MTCNN's many small operators scale
-    poorly over intra-op threads, and whole frames in parallel are 1.3-1.5x faster on 2
-    cores (measured).
+    poorly over intra-op threads, and whole frames in parallel are faster (measured in
+    docs/performance.md).
     """
 
     def __init__(self, options: DetectOptions, device: torch.device | str = "cpu",

@@ -34,10 +34,11 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
     x = torch.cat(crops)
     if model.device.type == "cuda":
         x = x.pin_memory()
-    if pool is not None and model.device.type == "cpu":
+    pool = pool if model.device.type == "cpu" else None
+    if pool is not None:
         batch_size = min(batch_size, -(-len(x) // pool.n))
     chunks = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-    return Results.map(pool if model.device.type == "cpu" else None, model.predict, chunks)
+    return Results.map(pool, model.predict, chunks)
 
 
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

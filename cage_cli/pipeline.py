@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from .decode import DecodeError, Frame, Sampling, frames
-from .detect import DetectOptions, Detector, Faces
+from .detect import DetectOptions, Detector
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
@@ -93,7 +93,6 @@ class _Job:
     frames: list[Frame]
     faces: Results  # the detections, maybe still running
     n_bytes: int
-    detected: list[Faces] = field(default_factory=list)
 
 
 class _Budget:
@@ -211,13 +210,12 @@ class Pipeline:
 
     def _classify(self, job: _Job) -> Results:
         """Wait for a group's faces and start classifying them."""
-        job.detected = job.faces.get()
-        return submit_predictions(self.model, job.frames, job.detected,
+        return submit_predictions(self.model, job.frames, job.faces.get(),
                                   self.run_options.batch_size, self.workers)
 
     def _results(self, job: _Job, preds: dict) -> Iterator[Result]:
         """Rows of a classified group, per file, in order."""
-        group, fr, faces = job.group, job.frames, job.detected
+        group, fr, faces = job.group, job.frames, job.faces.get()
         # Split the group into runs of consecutive frames of one file, then rows per run.
         j = k = 0
         i = 0

@@ -145,5 +145,10 @@ def crop_faces(image: Image.Image, boxes: np.ndarray, config: ModelConfig,
     if len(boxes) == 0:
         return torch.zeros((0, s, s, c), dtype=torch.uint8)
     if whole:
-        config = replace(config, crop=replace(config.crop, margin=0.0, margin_px=0.0))
+        config = whole_image_config(config)
     return torch.from_numpy(np.stack([crop_face(image, b, config) for b in boxes]))
+
+
+def whole_image_config(config: ModelConfig) -> ModelConfig:
+    """A pre-cropped face is the model's input region already: square it, add no margin."""
+    return replace(config, crop=replace(config.crop, margin=0.0, margin_px=0.0))

@@ -36,7 +36,7 @@ from .models.cage import (
     model_config,
     spec_name,
 )
-from .models.registry import ModelError, resolve_device
+from .models.registry import ModelError, read_state_dict, resolve_device
 from .schema import EXPRESSIONS
 
 #: The authors' cross-entropy weights (paper, Table 1): inverse class frequency in AffectNet's
@@ -225,19 +225,9 @@ def make_spec(opts: TrainOptions) -> tuple[CageSpec, nn.Module]:
 
 def init_from(net: nn.Module, path: str) -> str:
     """Copy every tensor of ``path`` whose name and shape match (``--init``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelError(f"--init file not found: {path}") from None
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"cannot read --init file {path}: {e}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"--init file {path} does not hold a state dict")
     own = net.state_dict()
-    take = {k.removeprefix("module."): v for k, v in state.items()}
-    take = {k: v for k, v in take.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    take = {k: v for k, v in read_state_dict(path, "--init file").items()
+            if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not take:
         raise ModelError(f"--init file {path} shares no tensors with this model")
     net.load_state_dict(take, strict=False)

@@ -35,6 +35,7 @@ from .registry import (
     build_model,
     get_config,
     load_state_dict,
+    read_state_dict,
     register_model,
     resolve_device,
     resolve_dtype,
@@ -155,18 +156,8 @@ def build_net(spec: CageSpec, pretrained_file: str | Path | None = None) -> nn.M
 
 def _load_backbone_file(net: nn.Module, path: Path) -> None:
     """torchvision ImageNet weights (e.g. maxvit_t-bc5ab103.pth) into everything but the head."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelError(f"pretrained file not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 - unreadable file is a user-facing error
-        raise ModelError(f"cannot read pretrained file {path}: {_one_line(e)}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()
-             if not k.removeprefix("module.").startswith("classifier.")}
+    state = {k: v for k, v in read_state_dict(path, "pretrained file").items()
+             if not k.startswith("classifier.")}
     own = {k for k in net.state_dict() if not k.startswith("classifier.")}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:

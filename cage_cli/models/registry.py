@@ -121,19 +121,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_state_dict(net: nn.Module, path: Path, name: str) -> None:
-    """Load a torch state dict (weights_only) into ``net``; name missing/unexpected keys."""
+def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """The state dict in a torch file (weights_only): unwrapped from a `cage train`
+    checkpoint, DataParallel's "module." prefix removed. ``what`` names the file in the
+    one-line ModelError ("weights file", "pretrained file", "--init file")."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ModelError(f"weights file not found: {path}") from None
+        raise ModelError(f"{what} not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a user-facing error
-        raise ModelError(f"cannot read weights {path}: {e}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        raise ModelError(f"cannot read {what} {path}: {' '.join(str(e).split())[:300]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # checkpoints written by `cage train`
     if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        raise ModelError(f"{what} {path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_dict(net: nn.Module, path: Path, name: str) -> None:
+    """Load a torch state dict (weights_only) into ``net``; name missing/unexpected keys."""
+    state = read_state_dict(path)
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
