@@ -27,6 +27,7 @@ class Faces:
     scores: np.ndarray  # (K,) float32; NaN where no detector ran
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
     source: str = "detected"  # detected | padded | whole_image
+    track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
 
     @classmethod
     def empty(cls) -> Faces:

@@ -72,6 +72,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
             continue
         p = probs[j : j + n]
         cols["face_index"] += list(range(n))
+        cols["track_id"] += det.track_ids.tolist() if det.track_ids is not None else [None] * n
         cols["face_source"] += [det.source] * n
         for c, name in enumerate(("x1", "y1", "x2", "y2")):
             cols[name] += _floats(det.boxes[:, c])

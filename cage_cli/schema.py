@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 #: Canonical expression classes, in AffectNet-8 order (the order CAGE uses).
 EXPRESSIONS: tuple[str, ...] = (
@@ -35,6 +35,7 @@ SCHEMA = pa.schema(
         pa.field("frame_width", pa.int32(), nullable=False),
         pa.field("frame_height", pa.int32(), nullable=False),
         pa.field("face_index", pa.int32()),  # null on --keep-empty rows
+        pa.field("track_id", pa.int32()),  # videos: one id per person; null for images
         pa.field("face_source", pa.string()),  # detected | padded | whole_image
         pa.field("x1", f32),
         pa.field("y1", f32),
