@@ -468,7 +468,8 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
     return {"target_frames": None if args.quick else target, "videos": results,
             "stage_note": "busy seconds of each stage summed over threads, per second of "
                           "annotate wall time (decode runs in its own thread, beside the rest; "
-                          "on the CPU, detect and classify run in worker threads)"}
+                          "on the CPU, detect and classify run in worker threads); the bottleneck "
+                          "is the stage with the most busy time"}
 
 
 # ---------------------------------------------------------------- 4. training
