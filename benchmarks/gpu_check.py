@@ -490,6 +490,8 @@ def make_dataset(media: Path, folder: Path, rows: int, size: int) -> Path:
                 x, y = round((im.width - side) * fx), round((im.height - side) * fy)
                 names.append(f"{photo.stem}_{k}.jpg")
                 im.crop((x, y, x + side, y + side)).resize((size, size)).save(folder / names[-1])
+    if not names:
+        raise FileNotFoundError(f"no .jpg photos in {media} to make a dataset from")
     rng = random.Random(0)
     path = folder / "train.csv"
     with open(path, "w", newline="") as f:

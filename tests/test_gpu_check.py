@@ -92,3 +92,24 @@ def test_compare_reports_each_kind_of_difference(tmp_path: Path) -> None:
     assert diff["label_agreement"] == pytest.approx(4 / 5)
     assert diff["max_prob_diff"] == pytest.approx(2e-3, rel=1e-3)
     assert all(d["source"] == MULTI.name for d in diff["differences"])
+
+
+def test_a_failing_section_is_recorded_and_the_rest_still_run(tmp_path: Path) -> None:
+    """No media: pipeline and training fail, each recorded in the JSON; the run goes on."""
+    out = tmp_path / "check.json"
+    empty = tmp_path / "no_media"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device",
+                        "cpu", "--quick", "--media", str(empty), "--sections", "pipeline",
+                        "training", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["finished"] and set(rep["sections"]) == {"pipeline", "training"}
+    for name in ("pipeline", "training"):
+        s = rep["sections"][name]
+        assert s["status"] == "error" and s["error"] and s["seconds"] >= 0
+        assert f"{name}: FAILED" in r.stdout
+    assert "every video failed" in rep["sections"]["pipeline"]["error"]
+    assert "no .jpg photos in" in rep["sections"]["training"]["error"]
+    assert "Traceback" not in r.stderr
