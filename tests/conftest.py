@@ -1,4 +1,5 @@
-"""Shared test helpers. Media come from ../shared/media (read-only, never copied here)."""
+"""Shared test helpers. The small media come from examples/ (in the repository); the larger
+ones (interview.mp4, the portraits) from ../shared/media (read-only, never copied here)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typer.testing import CliRunner
 from cage_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 MEDIA = ROOT.parent / "shared" / "media"
 DATA = ROOT.parent / "shared" / "data"
-SINGLE = MEDIA / "single_face.jpg"
-MULTI = MEDIA / "multiface.jpg"
-NOFACE = MEDIA / "no_faces.jpg"
-CLIP = MEDIA / "short_clip.mp4"
+SINGLE = EXAMPLES / "single_face.jpg"
+MULTI = EXAMPLES / "multiface.jpg"
+NOFACE = EXAMPLES / "no_faces.jpg"
+CLIP = EXAMPLES / "short_clip.mp4"
 INTERVIEW = MEDIA / "interview.mp4"
 
 if not MEDIA.is_dir():  # pragma: no cover
@@ -36,7 +38,7 @@ def read(path: Path) -> pa.Table:
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
-    """A folder with links to the three small shared photos (the originals stay untouched)."""
+    """A folder with links to the three example photos (the originals stay untouched)."""
     d = tmp_path / "photos"
     d.mkdir()
     for p in (SINGLE, MULTI, NOFACE):
