@@ -86,6 +86,11 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _beside(annotations: str, suffix: str) -> str:
+    """A default output next to the annotations: faces.parquet + ".png" -> faces.png."""
+    return str(Path(annotations).parent / (Path(annotations).resolve().stem + suffix))
+
+
 def _debug_guard(debug: bool, exc: BaseException) -> None:
     if debug:
         traceback.print_exception(exc)
@@ -521,10 +526,11 @@ def render_cmd(
         metavar="PATH",
         help="The photo/video to draw on, or a folder of them (matched to the rows' source by "
              "path).", show_default="the paths recorded in the annotations")] = None,
-    output: Annotated[str, typer.Option(
+    output: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "-o", "--output", metavar="PATH",
         help="Output file (photo: same kind as -o's extension; video: .mp4), or a folder "
-             "(needed for several sources).")] = ...,
+             "(needed for several sources).",
+        show_default="a folder beside ANNOTATIONS: faces.parquet -> faces_rendered/")] = None,
     hold: Annotated[float, typer.Option(
         metavar="SECONDS",
         help="Videos: a frame that was not sampled shows the last sampled frame's faces if "
@@ -540,7 +546,7 @@ def render_cmd(
     Examples:
 
     ```
-    cage render faces.parquet -o rendered/
+    cage render faces.parquet                    # into faces_rendered/
     cage render faces.parquet --source examples/short_clip.mp4 -o clip_faces.mp4
     ```
     """
@@ -549,6 +555,8 @@ def render_cmd(
     from .render import render
     from .summary import VizError
 
+    if output is None:
+        output = _beside(annotations, "_rendered") + "/"
     bar = Progress(TextColumn("[bold]rendering[/] {task.description}"), BarColumn(),
                    MofNCompleteColumn(), TextColumn("frames"), console=err, transient=True,
                    disable=quiet or not err.is_terminal)
@@ -614,8 +622,8 @@ def plot_cmd(
     from .summary import VizError, load_annotations
 
     chosen = output is None
-    if output is None:  # beside the annotations: faces.parquet -> faces.png, out/ -> out.png
-        output = str(Path(annotations).parent / f"{Path(annotations).resolve().stem}.png")
+    if output is None:
+        output = _beside(annotations, ".png")
     try:
         out = plots.check_output(output, overwrite)
         table, _ = load_annotations(annotations)
@@ -684,8 +692,9 @@ def export_cmd(
              "--apply-review: the DATASET_DIR to update.", show_default=False)],
     output: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "-o", "--output", metavar="DIR",
-        help="DATASET_DIR to create: images/, one labels CSV per split, manifest, export.json "
-             "(needed unless --apply-review).")] = None,
+        help="DATASET_DIR to create: images/, one labels CSV per split, manifest, "
+             "export.json.",
+        show_default="a folder beside ANNOTATIONS: faces.parquet -> faces_dataset/")] = None,
     size: Annotated[int, typer.Option(
         metavar="PX", help="Crop side in pixels.", rich_help_panel="Crops")] = 224,
     margin: Annotated[float, typer.Option(
@@ -758,6 +767,7 @@ def export_cmd(
     Examples:
 
     ```
+    cage export faces.parquet                    # into faces_dataset/
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
     cage export review/ --apply-review review.csv
@@ -778,7 +788,7 @@ def export_cmd(
             ex.print_review_summary(err, result)
         return
     if output is None:
-        fail("give the dataset folder to create with -o DATASET_DIR")
+        output = _beside(annotations, "_dataset")
     try:
         opts = ex.ExportOptions(
             size=size, margin=margin, image_format=image_format, jpeg_quality=jpeg_quality,
