@@ -496,7 +496,7 @@ def evaluate_cmd(
     if model is None and weights is None:
         model = DEFAULT_MODEL
         err.print(f"cage: evaluating the default model, {model} (choose one with --model)",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
     try:
         result = evaluate(data, model, weights, images=images, crop=crop, batch_size=batch_size,
                           device=device, precision=precision, workers=workers,
@@ -636,7 +636,7 @@ def plot_cmd(
                                  or Path(annotations).name)
         plots.save_figure(fig, out)
         if chosen:
-            err.print(f"cage: wrote {out}", markup=False, highlight=False)
+            err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
     except VizError as e:
         fail(str(e), e.exit_code)
     except OSError as e:

@@ -359,8 +359,13 @@ def test_train_and_evaluate_read_the_export(ann: Path, tmp_path: Path) -> None:
 
 
 def test_evaluate_an_export_without_model_uses_the_default(ann: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ds"
-    export(ann, out)
+    """`cage export` without -o writes ANNOTATIONS_dataset/; `cage evaluate` without --model
+    runs the default model on it."""
+    copy = tmp_path / "faces.parquet"
+    copy.write_bytes(ann.read_bytes())
+    r = cage("export", copy, "-q")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "faces_dataset"
     report = tmp_path / "eval.json"
     r = cage("evaluate", out / "labels.csv", "--device", "cpu", "--json", report)
     assert r.exit_code == 0, r.stderr

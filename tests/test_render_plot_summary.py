@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -325,3 +326,20 @@ def test_errors_are_one_line(tmp_path, photos) -> None:
     merge_parts([], tmp_path / "empty.jsonl", "jsonl", {})
     r = cage("summary", tmp_path / "empty.jsonl", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["total"]["faces"] == 0
+
+
+def test_default_outputs_go_beside_the_annotations(photos, tmp_path) -> None:
+    """Without -o, plot writes ANNOTATIONS.png and render a folder ANNOTATIONS_rendered/."""
+    ann = tmp_path / "faces.parquet"
+    shutil.copyfile(photos["parquet"], ann)
+    r = cage("plot", ann)
+    assert r.exit_code == 0, r.stderr
+    assert f"wrote {tmp_path / 'faces.png'}" in r.stderr
+    assert Image.open(tmp_path / "faces.png").format == "PNG"
+    r = cage("render", ann, "--source", photos["folder"], "-q")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "faces_rendered").iterdir()) == [
+        "multiface.jpg", "single_face.jpg"]
+    e = one_line_error(cage("plot", ann))
+    assert "exists" in e
+
