@@ -1,5 +1,6 @@
 """The CLI reads like a manual: `cage --version`, metavars instead of Python types, an example in
-every command's help, and a default model for `cage annotate` / `cage evaluate`."""
+every command's help, and a default model for `cage annotate` / `cage evaluate`.
+Reads only examples/, so it runs in a bare clone too (conftest.EXAMPLES_ONLY)."""
 
 from __future__ import annotations
 
