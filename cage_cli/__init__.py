@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+#: The model `cage annotate` and `cage evaluate` use without --model; see README.
+DEFAULT_MODEL = "faceapi-expression"
 
 _EXPORTS = {
     "annotate": "pipeline",

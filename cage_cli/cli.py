@@ -12,22 +12,83 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-app = typer.Typer(
+from . import DEFAULT_MODEL, __version__
+
+
+def _names_not_types(params: list) -> list:
+    """Help rows show each parameter's metavar (PATH, N, ...), not Typer's Python types: a flag
+    takes no value (no `<bool>`), an argument's name column already shows its metavar."""
+    for p in params:
+        if isinstance(p, TyperArgument) and p.metavar:
+            p.display_type_rich = lambda ctx: None
+        elif getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _names_not_types(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _names_not_types(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """Every command gets the help layout of ``_Command``, also commands added later."""
+
+    def command(self, *args, cls: type[TyperCommand] | None = None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
     name="cage",
-    help="Annotate faces in photos and videos with facial expression, valence and arousal.",
+    help="""Annotate faces in photos and videos with facial expression, valence and arousal.
+
+Example (the photos and clip in this repository's examples/ folder):
+
+```
+cage annotate examples/ -o faces.parquet
+cage summary faces.parquet
+```
+""",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    cls=_Group,
 )
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cage {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the version (as recorded in every run's metadata) and exit.")] = False,
+) -> None:
+    pass
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line on stderr and exit with ``code``."""
     err.print(f"cage: error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _beside(annotations: str, suffix: str) -> str:
+    """A default output next to the annotations: faces.parquet + ".png" -> faces.png."""
+    return str(Path(annotations).parent / (Path(annotations).resolve().stem + suffix))
 
 
 def _debug_guard(debug: bool, exc: BaseException) -> None:
@@ -39,65 +100,78 @@ def _debug_guard(debug: bool, exc: BaseException) -> None:
 @app.command()
 def annotate(
     inputs: Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
-        help="Photos, videos, folders (searched recursively) or glob patterns.",
+        metavar="PATH", help="Photos, videos, folders (searched recursively) or glob patterns.",
         show_default=False)] = None,
     output: Annotated[str, typer.Option(
-        "-o", "--output",
+        "-o", "--output", metavar="PATH",
         help="Output: out.parquet | out.jsonl | out.csv, a folder/ (Parquet dataset of part "
              "files, resumable, shardable) or - (JSON lines on stdout).")] = ...,
     files_from: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="FILE",
         help="Read more input paths from this file, one per line ('-' = stdin).")] = None,
     fmt: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--format", help="parquet | jsonl | csv (default: from the output's extension).")] = None,
-    model: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Model name from `cage models` (default: the bundled default model).")] = None,
+        "--format", metavar="FORMAT", help="parquet | jsonl | csv.",
+        show_default="from the output's extension")] = None,
+    model: Annotated[str, typer.Option(
+        metavar="MODEL", help="Model name from `cage models`.")] = DEFAULT_MODEL,
     weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Local weights file (a state dict) for --model.")] = None,
+        metavar="FILE", help="Local weights file (a state dict) for --model.",
+        show_default="the model's bundled weights")] = None,
     fps: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Videos: sample this many frames per second of video time.",
-        rich_help_panel="Video sampling")] = None,
+        metavar="FPS", help="Videos: sample this many frames per second of video time.",
+        show_default="every frame", rich_help_panel="Video sampling")] = None,
     every: Annotated[int, typer.Option(
-        help="Videos: keep every N-th (sampled) frame.", rich_help_panel="Video sampling")] = 1,
+        metavar="N", help="Videos: keep every N-th (sampled) frame.",
+        rich_help_panel="Video sampling")] = 1,
     max_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Videos: at most N frames per video.", rich_help_panel="Video sampling")] = None,
+        metavar="N", help="Videos: at most N frames per video.", show_default="no limit",
+        rich_help_panel="Video sampling")] = None,
     start: Annotated[float, typer.Option(
-        help="Videos: start at S seconds.", rich_help_panel="Video sampling")] = 0.0,
+        metavar="SECONDS", help="Videos: start at this time.",
+        rich_help_panel="Video sampling")] = 0.0,
     end: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Videos: stop at S seconds.", rich_help_panel="Video sampling")] = None,
+        metavar="SECONDS", help="Videos: stop at this time.", show_default="the video's end",
+        rich_help_panel="Video sampling")] = None,
     detector: Annotated[str, typer.Option(
+        metavar="mtcnn|auto|none",
         help="mtcnn: detect faces. none: each image/frame is one face (pre-cropped "
              "datasets). auto: mtcnn, then retry images without a face on a padded copy, "
              "then treat small images (<= 256 px) as one face.",
         rich_help_panel="Detection")] = "mtcnn",
     min_face: Annotated[float, typer.Option(
-        help="Smallest face kept, in pixels (shorter box side, full resolution).",
+        metavar="PX", help="Smallest face kept, in pixels (shorter box side, full resolution).",
         rich_help_panel="Detection")] = 20.0,
     det_threshold: Annotated[float, typer.Option(
-        help="Smallest MTCNN final-stage probability kept.",
+        metavar="P", help="Smallest MTCNN final-stage probability kept.",
         rich_help_panel="Detection")] = 0.9,
     max_faces: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Keep only the K largest faces per frame.", rich_help_panel="Detection")] = None,
+        metavar="K", help="Keep only the K largest faces per frame.", show_default="all",
+        rich_help_panel="Detection")] = None,
     det_max_side: Annotated[int, typer.Option(
+        metavar="PX",
         help="Detect on a copy downscaled to this longer side (0 = full resolution); boxes "
              "are mapped back and crops come from the full frame.",
         rich_help_panel="Detection")] = 960,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     batch_size: Annotated[int, typer.Option(
-        help="Faces per model call.", rich_help_panel="Performance")] = 64,
+        metavar="N", help="Faces per model call.", rich_help_panel="Performance")] = 64,
     frames_per_batch: Annotated[int, typer.Option(
+        metavar="N",
         help="Frames per group: one group is detected while the one before is classified "
              "(on a GPU, one detection call per group).",
         rich_help_panel="Performance")] = 16,
     device: Annotated[str, typer.Option(
-        help="auto | cpu | cuda | cuda:N | mps.", rich_help_panel="Performance")] = "auto",
+        metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps.",
+        rich_help_panel="Performance")] = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.",
+        metavar="PRECISION", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16.",
         rich_help_panel="Performance")] = "auto",
     threads: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="CPU worker threads, each detecting or classifying with one torch thread "
-             "(default: torch's thread count, usually the cores). Use fewer on a machine "
-             "shared with other jobs.",
+        metavar="N",
+        help="CPU worker threads, each detecting or classifying with one torch thread. Use "
+             "fewer on a machine shared with other jobs.",
+        show_default="torch's thread count, usually the cores",
         rich_help_panel="Performance")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run into the same output; finished inputs are skipped.",
@@ -105,13 +179,15 @@ def annotate(
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing output.", rich_help_panel="Runs")] = False,
     shard: Annotated[str, typer.Option(
-        help="I/N: process only shard I of N (N processes together cover every input once; "
+        metavar="I/N",
+        help="Process only shard I of N (N processes together cover every input once; "
              "needs a folder output).", rich_help_panel="Runs")] = "0/1",
     errors: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Append one JSON line per failed file to this file.",
+        metavar="FILE", help="Append one JSON line per failed file to this file.",
         rich_help_panel="Runs")] = None,
     part_seconds: Annotated[float, typer.Option(
-        hidden=True, help="Commit a part file at least this often (seconds).")] = 30.0,
+        metavar="SECONDS", hidden=True,
+        help="Commit a part file at least this often (seconds).")] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
         help="No progress bar and no summary.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
@@ -121,11 +197,19 @@ def annotate(
 
     Exit codes: 0 all inputs done, 1 some files failed (the others' rows are written),
     2 usage error, 130/143 interrupted (resume with --resume).
+
+    Examples:
+
+    ```
+    cage annotate examples/ -o faces.parquet
+    cage annotate interview.mp4 --fps 5 -o - | jq .label
+    cage annotate big_collection/ -o out_dir/ --resume
+    ```
     """
     from .decode import Sampling
     from .detect import DETECTORS, DetectOptions
     from .inputs import discover, parse_shard, read_list
-    from .models import DEFAULT_MODEL, ModelError
+    from .models import ModelError
     from .pipeline import AnnotateOptions, RunOptions
     from .progress import RunProgress, print_summary
     from .runner import annotate_to
@@ -159,7 +243,7 @@ def annotate(
         fail(f"nothing to do: no image or video files in {', '.join(paths)}"
              + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     options = AnnotateOptions(
-        model=model or DEFAULT_MODEL,
+        model=model,
         weights=str(Path(weights).resolve()) if weights else None,
         sampling=Sampling(fps=fps, every=every, max_frames=max_frames, start=start, end=end),
         detect=DetectOptions(detector=detector, threshold=det_threshold, min_face=min_face,
@@ -195,13 +279,21 @@ def annotate(
 @app.command("models")
 def models_cmd(
     name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
-        help="Show this model's config and card.", show_default=False)] = None,
+        metavar="MODEL", help="Show this model's config and card.", show_default=False)] = None,
 ) -> None:
-    """List the registered expression models, or show one model's config and card."""
+    """List the registered expression models, or show one model's config and card.
+
+    Examples:
+
+    ```
+    cage models
+    cage models faceapi-expression
+    ```
+    """
     from rich.markdown import Markdown
     from rich.table import Table
 
-    from .models import DEFAULT_MODEL, ModelError, get_config, list_models
+    from .models import ModelError, get_config, list_models
 
     out = Console()
     if name is None:
@@ -239,43 +331,57 @@ def models_cmd(
 @app.command("train")
 def train_cmd(
     data: Annotated[str, typer.Argument(
+        metavar="DATA",
         help="Training data: a CSV (image path, expression index, valence, arousal), a folder "
              "of class folders, or an AffectNet folder (images/, annotations/). See "
              "docs/training.md.", show_default=False)],
-    out: Annotated[str, typer.Option("-o", "--out", help="Run folder: last.pt, best.pt, "
-                                     "metrics.csv, metrics.jsonl.")] = "runs/cage",
+    out: Annotated[str, typer.Option(
+        "-o", "--out", metavar="DIR",
+        help="Run folder: last.pt, best.pt, metrics.csv, metrics.jsonl.")] = "runs/cage",
     val: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Validation data (same layouts); picks best.pt.")] = None,
+        metavar="DATA", help="Validation data (same layouts); picks best.pt.",
+        show_default="none: best.pt by training loss")] = None,
     images: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Folder that CSV image paths are relative to (default: the CSV's).")] = None,
+        metavar="DIR", help="Folder that CSV image paths are relative to.",
+        show_default="the CSV's folder")] = None,
     val_images: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="The same for --val.")] = None,
+        metavar="DIR", help="The same for --val.", show_default="the --val CSV's folder")] = None,
     task: Annotated[str, typer.Option(
+        metavar="combined|discrete|va",
         help="combined: expressions + valence/arousal (CE + alpha*MSE). discrete: expressions "
              "only. va: valence/arousal only (CCC + beta*MSE).")] = "combined",
-    classes: Annotated[int, typer.Option(help="8 (AffectNet-8) or 7 (no contempt).")] = 8,
+    classes: Annotated[int, typer.Option(
+        metavar="8|7", help="8 (AffectNet-8) or 7 (no contempt).")] = 8,
     backbone: Annotated[str, typer.Option(
-        help="maxvit_t (torchvision, the paper's) or any timm model name.",
+        metavar="NAME", help="maxvit_t (torchvision, the paper's) or any timm model name.",
         rich_help_panel="Model")] = "maxvit_t",
     input_size: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Input size for timm backbones (default: the backbone's).",
+        metavar="PX", help="Input size for timm backbones.", show_default="the backbone's",
         rich_help_panel="Model")] = None,
     pretrained_file: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Local ImageNet weights for the backbone (nothing is downloaded).",
-        rich_help_panel="Model")] = None,
+        metavar="FILE", help="Local ImageNet weights for the backbone (nothing is downloaded).",
+        show_default="none: random initialisation", rich_help_panel="Model")] = None,
     init: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Start from the matching tensors of a checkpoint or state dict.",
+        metavar="FILE", help="Start from the matching tensors of a checkpoint or state dict.",
         rich_help_panel="Model")] = None,
-    epochs: Annotated[int, typer.Option(rich_help_panel="Optimisation")] = 20,
-    batch_size: Annotated[int, typer.Option(rich_help_panel="Optimisation")] = 128,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (cosine schedule).",
-                                      rich_help_panel="Optimisation")] = 5e-5,
-    weight_decay: Annotated[float, typer.Option(rich_help_panel="Optimisation")] = 0.01,
-    alpha: Annotated[float, typer.Option(help="combined: weight of the VA MSE.",
-                                         rich_help_panel="Optimisation")] = 5.0,
-    beta: Annotated[float, typer.Option(help="va: weight of the MSE next to CCC.",
-                                        rich_help_panel="Optimisation")] = 3.0,
+    epochs: Annotated[int, typer.Option(
+        metavar="N", help="Passes over the training data.",
+        rich_help_panel="Optimisation")] = 20,
+    batch_size: Annotated[int, typer.Option(
+        metavar="N", help="Images per optimiser step.", rich_help_panel="Optimisation")] = 128,
+    lr: Annotated[float, typer.Option(
+        metavar="LR", help="AdamW learning rate (cosine schedule).",
+        rich_help_panel="Optimisation")] = 5e-5,
+    weight_decay: Annotated[float, typer.Option(
+        metavar="WD", help="AdamW weight decay.", rich_help_panel="Optimisation")] = 0.01,
+    alpha: Annotated[float, typer.Option(
+        metavar="A", help="combined: weight of the VA MSE.",
+        rich_help_panel="Optimisation")] = 5.0,
+    beta: Annotated[float, typer.Option(
+        metavar="B", help="va: weight of the MSE next to CCC.",
+        rich_help_panel="Optimisation")] = 3.0,
     class_weights: Annotated[str, typer.Option(
+        metavar="WEIGHTS",
         help="paper (the authors' AffectNet weights) | auto (inverse frequency) | none | "
              "comma-separated list.", rich_help_panel="Optimisation")] = "paper",
     augment: Annotated[bool, typer.Option(help="The paper's augmentation.",
@@ -285,23 +391,36 @@ def train_cmd(
     crop: Annotated[bool, typer.Option(
         help="Images are raw photos: crop the largest MTCNN face first.")] = False,
     monitor: Annotated[str, typer.Option(
+        metavar="METRIC",
         help="best.pt by validation loss | f1 | accuracy | ccc | rmse.")] = "loss",
     max_steps: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Stop after this many optimiser steps in total.")] = None,
+        metavar="N", help="Stop after this many optimiser steps in total.",
+        show_default="no limit")] = None,
     workers: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Data loader processes (default: min(8, CPUs)).",
+        metavar="N", help="Data loader processes.", show_default="min(8, CPUs)",
         rich_help_panel="Performance")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.",
-                                        rich_help_panel="Performance")] = "auto",
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps.",
+        rich_help_panel="Performance")] = "auto",
     amp: Annotated[Optional[bool], typer.Option(  # noqa: UP045
-        "--amp/--no-amp", help="Mixed precision (default: on for CUDA).",
+        "--amp/--no-amp", help="Mixed precision.", show_default="on for CUDA",
         rich_help_panel="Performance")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(
+        metavar="N", help="Seed for initialisation, shuffling and augmentation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress output.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Train a CAGE model (MaxViT-T + expression/valence/arousal head) with the paper's recipe."""
+    """Train a CAGE model (MaxViT-T + expression/valence/arousal head) with the paper's recipe.
+    Walkthrough: docs/training.md.
+
+    Examples:
+
+    ```
+    cage train dataset/train.csv --val dataset/val.csv -o runs/mine
+    cage train AffectNet/train_set --val AffectNet/val_set --pretrained-file maxvit_t.pth
+    ```
+    """
     from .datasets import DataError, user_message
     from .models import ModelError
     from .train import TrainError, TrainOptions, train
@@ -327,37 +446,57 @@ def train_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     data: Annotated[str, typer.Argument(
-        help="Labelled faces: a CSV, a folder of class folders or an AffectNet folder.",
-        show_default=False)],
+        metavar="DATA",
+        help="Labelled faces: a CSV (such as the labels.csv of `cage export`), a folder of "
+             "class folders or an AffectNet folder.", show_default=False)],
     model: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Model name from `cage models` (default: from a `cage train` checkpoint).")] = None,
+        metavar="MODEL", help="Model name from `cage models`.",
+        show_default=f"{DEFAULT_MODEL}; with --weights, the checkpoint's model")] = None,
     weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Local weights: a state dict or a `cage train` checkpoint.")] = None,
+        metavar="FILE", help="Local weights: a state dict or a `cage train` checkpoint.",
+        show_default="the model's bundled weights")] = None,
     json_out: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "--json", help="Write all metrics as JSON here ('-' = stdout, no table).")] = None,
+        "--json", metavar="FILE",
+        help="Write all metrics as JSON here ('-' = stdout, no table).")] = None,
     predictions: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Write per-image predictions to this CSV.")] = None,
+        metavar="FILE", help="Write per-image predictions to this CSV.")] = None,
     images: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Folder that CSV image paths are relative to (default: the CSV's).")] = None,
+        metavar="DIR", help="Folder that CSV image paths are relative to.",
+        show_default="the CSV's folder")] = None,
     crop: Annotated[bool, typer.Option(
         help="Images are raw photos: crop the largest MTCNN face (else: pre-cropped faces).")
     ] = False,
-    batch_size: Annotated[int, typer.Option(rich_help_panel="Performance")] = 32,
-    workers: Annotated[int, typer.Option(help="Data loader processes.",
-                                         rich_help_panel="Performance")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.",
-                                        rich_help_panel="Performance")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16.",
-                                           rich_help_panel="Performance")] = "auto",
+    batch_size: Annotated[int, typer.Option(
+        metavar="N", help="Images per model call.", rich_help_panel="Performance")] = 32,
+    workers: Annotated[int, typer.Option(
+        metavar="N", help="Data loader processes.", rich_help_panel="Performance")] = 0,
+    device: Annotated[str, typer.Option(
+        metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps.",
+        rich_help_panel="Performance")] = "auto",
+    precision: Annotated[str, typer.Option(
+        metavar="PRECISION", help="auto | fp32 | fp16 | bf16.",
+        rich_help_panel="Performance")] = "auto",
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
-    """Accuracy, precision/recall/F1, confusion matrix and valence/arousal MSE/MAE/RMSE/CCC."""
+    """Accuracy, precision/recall/F1, confusion matrix and valence/arousal MSE/MAE/RMSE/CCC.
+
+    Examples:
+
+    ```
+    cage evaluate dataset/labels.csv             # a `cage export` dataset, default model
+    cage evaluate AffectNet/val_set --weights runs/affectnet8/best.pt --json val.json
+    ```
+    """
     from .datasets import DataError, user_message
     from .evaluate import evaluate, print_report, write_json
     from .models import ModelError
 
     if batch_size < 1:
         fail("--batch-size must be at least 1")
+    if model is None and weights is None:
+        model = DEFAULT_MODEL
+        err.print(f"cage: evaluating the default model, {model} (choose one with --model)",
+                  markup=False, highlight=False, soft_wrap=True)
     try:
         result = evaluate(data, model, weights, images=images, crop=crop, batch_size=batch_size,
                           device=device, precision=precision, workers=workers,
@@ -380,15 +519,20 @@ def evaluate_cmd(
 @app.command("render")
 def render_cmd(
     annotations: Annotated[str, typer.Argument(
+        metavar="ANNOTATIONS",
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="PATH",
         help="The photo/video to draw on, or a folder of them (matched to the rows' source by "
-             "path). Default: the paths recorded in the annotations.")] = None,
-    output: Annotated[str, typer.Option(
-        "-o", "--output", help="Output file (photo: same kind as -o's extension; video: .mp4), "
-        "or a folder (needed for several sources).")] = ...,
+             "path).", show_default="the paths recorded in the annotations")] = None,
+    output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "-o", "--output", metavar="PATH",
+        help="Output file (photo: same kind as -o's extension; video: .mp4), or a folder "
+             "(needed for several sources).",
+        show_default="a folder beside ANNOTATIONS: faces.parquet -> faces_rendered/")] = None,
     hold: Annotated[float, typer.Option(
+        metavar="SECONDS",
         help="Videos: a frame that was not sampled shows the last sampled frame's faces if "
              "those are at most this many seconds older; 0 = draw sampled frames only.")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
@@ -397,12 +541,22 @@ def render_cmd(
 ) -> None:
     """Draw boxes, landmarks, label + probability and a valence/arousal marker onto copies of
     the annotated photos and videos (H.264 MP4, same size, frames and timing). The sources are
-    never modified. Exit codes: 0 all rendered, 1 some failed, 2 usage error."""
+    never modified. Exit codes: 0 all rendered, 1 some failed, 2 usage error.
+
+    Examples:
+
+    ```
+    cage render faces.parquet                    # into faces_rendered/
+    cage render faces.parquet --source examples/short_clip.mp4 -o clip_faces.mp4
+    ```
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .render import render
     from .summary import VizError
 
+    if output is None:
+        output = _beside(annotations, "_rendered") + "/"
     bar = Progress(TextColumn("[bold]rendering[/] {task.description}"), BarColumn(),
                    MofNCompleteColumn(), TextColumn("frames"), console=err, transient=True,
                    disable=quiet or not err.is_terminal)
@@ -437,23 +591,39 @@ def render_cmd(
 @app.command("plot")
 def plot_cmd(
     annotations: Annotated[str, typer.Argument(
+        metavar="ANNOTATIONS",
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
-    output: Annotated[str, typer.Option(
-        "-o", "--output", help="PLOT.png, PLOT.svg or PLOT.pdf.")] = ...,
+    output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "-o", "--output", metavar="FILE", help="PLOT.png, PLOT.svg or PLOT.pdf.",
+        show_default="ANNOTATIONS with .png: faces.parquet -> faces.png")] = None,
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Plot only this source (a path or file name from the annotations).")] = None,
+        metavar="SOURCE",
+        help="Plot only this source (a path or file name from the annotations).",
+        show_default="all sources")] = None,
     title: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Figure title (default: the annotations' file name).")] = None,
+        metavar="TEXT", help="Figure title.",
+        show_default="the annotations' or --source's file name")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
     the expression distribution and, per video, valence, arousal and the top class
-    probabilities over time."""
+    probabilities over time.
+
+    Examples:
+
+    ```
+    cage plot faces.parquet                      # writes faces.png
+    cage plot faces.parquet --source short_clip.mp4 -o clip.svg
+    ```
+    """
     from . import plot as plots
     from .summary import VizError, load_annotations
 
+    chosen = output is None
+    if output is None:
+        output = _beside(annotations, ".png")
     try:
         out = plots.check_output(output, overwrite)
         table, _ = load_annotations(annotations)
@@ -465,6 +635,8 @@ def plot_cmd(
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
                                  or Path(annotations).name)
         plots.save_figure(fig, out)
+        if chosen:
+            err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
     except VizError as e:
         fail(str(e), e.exit_code)
     except OSError as e:
@@ -476,6 +648,7 @@ def plot_cmd(
 @app.command("summary")
 def summary_cmd(
     annotations: Annotated[str, typer.Argument(
+        metavar="ANNOTATIONS",
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
     json_out: Annotated[bool, typer.Option(
@@ -483,7 +656,15 @@ def summary_cmd(
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
-    then the files that failed in the run (from the Parquet run metadata)."""
+    then the files that failed in the run (from the Parquet run metadata).
+
+    Examples:
+
+    ```
+    cage summary faces.parquet
+    cage summary out_dir/ --json | jq '.sources'
+    ```
+    """
     import json
 
     from .summary import VizError, load_annotations, print_summary, summarize
@@ -506,57 +687,70 @@ def summary_cmd(
 @app.command("export")
 def export_cmd(
     annotations: Annotated[str, typer.Argument(
+        metavar="ANNOTATIONS",
         help="Output of `cage annotate` (.parquet, dataset folder, .jsonl or .csv). With "
              "--apply-review: the DATASET_DIR to update.", show_default=False)],
     output: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        "-o", "--output", help="DATASET_DIR to create: images/, one labels CSV per split, "
-        "manifest, export.json.")] = None,
-    size: Annotated[int, typer.Option(help="Crop side in pixels.",
-                                      rich_help_panel="Crops")] = 224,
+        "-o", "--output", metavar="DIR",
+        help="DATASET_DIR to create: images/, one labels CSV per split, manifest, "
+             "export.json.",
+        show_default="a folder beside ANNOTATIONS: faces.parquet -> faces_dataset/")] = None,
+    size: Annotated[int, typer.Option(
+        metavar="PX", help="Crop side in pixels.", rich_help_panel="Crops")] = 224,
     margin: Annotated[float, typer.Option(
+        metavar="M",
         help="Square around the box's centre, side = longer box side x (1 + 2 x margin); "
              "black outside the frame.", rich_help_panel="Crops")] = 0.2,
-    image_format: Annotated[str, typer.Option(help="jpeg | png.",
-                                              rich_help_panel="Crops")] = "jpeg",
-    jpeg_quality: Annotated[int, typer.Option(rich_help_panel="Crops")] = 95,
-    manifest_format: Annotated[str, typer.Option(help="csv | parquet.",
-                                                 rich_help_panel="Crops")] = "csv",
+    image_format: Annotated[str, typer.Option(
+        metavar="jpeg|png", help="Crop image format.", rich_help_panel="Crops")] = "jpeg",
+    jpeg_quality: Annotated[int, typer.Option(
+        metavar="Q", help="JPEG quality (1-100).", rich_help_panel="Crops")] = 95,
+    manifest_format: Annotated[str, typer.Option(
+        metavar="csv|parquet", help="Manifest file format.", rich_help_panel="Crops")] = "csv",
     min_det_score: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Smallest detector score (whole-image rows have none and pass).",
-        rich_help_panel="Selection")] = None,
+        metavar="P", help="Smallest detector score (whole-image rows have none and pass).",
+        show_default="any", rich_help_panel="Selection")] = None,
     min_face: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Smallest face: shorter box side in pixels.", rich_help_panel="Selection")] = None,
+        metavar="PX", help="Smallest face: shorter box side in pixels.", show_default="any",
+        rich_help_panel="Selection")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Keep faces whose top class probability is at least P.",
-        rich_help_panel="Selection")] = None,
+        metavar="P", help="Keep faces whose top class probability is at least P.",
+        show_default="any", rich_help_panel="Selection")] = None,
     max_confidence: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        metavar="P",
         help="Keep faces whose top class probability is at most P (uncertain ones, for "
-             "review).", rich_help_panel="Selection")] = None,
+             "review).", show_default="any", rich_help_panel="Selection")] = None,
     classes: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Only these machine labels, e.g. happy,sad.", rich_help_panel="Selection")] = None,
+        metavar="LABELS", help="Only these machine labels, e.g. happy,sad.",
+        show_default="all", rich_help_panel="Selection")] = None,
     per_class: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="At most N faces per label (seeded random sample).",
-        rich_help_panel="Selection")] = None,
+        metavar="N", help="At most N faces per label (seeded random sample).",
+        show_default="all", rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="K",
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
-        rich_help_panel="Selection")] = None,
+        show_default="every frame", rich_help_panel="Selection")] = None,
     min_gap_s: Annotated[Optional[float], typer.Option(  # noqa: UP045
-        help="Videos: keep a frame only if it is S or more seconds after the last kept one.",
-        rich_help_panel="Selection")] = None,
+        metavar="SECONDS",
+        help="Videos: keep a frame only if it is this many seconds or more after the last "
+             "kept one.", show_default="no gap", rich_help_panel="Selection")] = None,
     split: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Splits by source, e.g. train=0.8,val=0.1,test=0.1 (default: one labels.csv).",
-        rich_help_panel="Selection")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --per-class and --split.",
-                                      rich_help_panel="Selection")] = 0,
+        metavar="SPLITS", help="Splits by source, e.g. train=0.8,val=0.1,test=0.1.",
+        show_default="no split: one labels.csv", rich_help_panel="Selection")] = None,
+    seed: Annotated[int, typer.Option(
+        metavar="N", help="Seed for --per-class and --split.",
+        rich_help_panel="Selection")] = 0,
     review_csv: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="FILE",
         help="Also write a review sheet here: crop, machine label, confidence, an empty "
              "reviewed_label column.", rich_help_panel="Review")] = None,
     apply_review: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="FILE",
         help="Fold this filled-in review sheet into the dataset given as the argument "
              "(reviewed_label: an expression, ok or reject).", rich_help_panel="Review")] = None,
     root: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Folder that relative source paths are resolved against (default: the current "
-             "folder, then the annotations' folder).")] = None,
+        metavar="DIR", help="Folder that relative source paths are resolved against.",
+        show_default="the current folder, then the annotations' folder")] = None,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing DATASET_DIR (only a `cage export` one) / review sheet.")
     ] = False,
@@ -569,6 +763,15 @@ def export_cmd(
     Walkthrough: docs/prelabel.md.
 
     Exit codes: 0 done, 1 some sources missing or unreadable (skipped), 2 usage error.
+
+    Examples:
+
+    ```
+    cage export faces.parquet                    # into faces_dataset/
+    cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
+    cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
+    cage export review/ --apply-review review.csv
+    ```
     """
     from . import export as ex
 
@@ -585,7 +788,7 @@ def export_cmd(
             ex.print_review_summary(err, result)
         return
     if output is None:
-        fail("give the dataset folder to create with -o DATASET_DIR")
+        output = _beside(annotations, "_dataset")
     try:
         opts = ex.ExportOptions(
             size=size, margin=margin, image_format=image_format, jpeg_quality=jpeg_quality,

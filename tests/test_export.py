@@ -16,6 +16,7 @@ import pytest
 from conftest import CLIP, INTERVIEW, MULTI, SINGLE, cage
 from PIL import Image, ImageOps
 
+from cage_cli import DEFAULT_MODEL
 from cage_cli.export import LABEL_COLUMNS, read_manifest
 from cage_cli.read import read_annotations
 from cage_cli.schema import EXPRESSIONS, PROB_COLUMNS
@@ -355,3 +356,25 @@ def test_train_and_evaluate_read_the_export(ann: Path, tmp_path: Path) -> None:
     n = len(read_csv(out / "test.csv"))
     assert result["n_images"] == n > 0 and result["classification"]["n"] == n
     assert os.path.samefile(result["data"], out / "test.csv")
+
+
+def test_evaluate_an_export_without_model_uses_the_default(ann: Path, tmp_path: Path) -> None:
+    """`cage export` without -o writes ANNOTATIONS_dataset/; `cage evaluate` without --model
+    runs the default model on it."""
+    copy = tmp_path / "faces.parquet"
+    copy.write_bytes(ann.read_bytes())
+    r = cage("export", copy, "-q")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "faces_dataset"
+    report = tmp_path / "eval.json"
+    r = cage("evaluate", out / "labels.csv", "--device", "cpu", "--json", report)
+    assert r.exit_code == 0, r.stderr
+    assert f"evaluating the default model, {DEFAULT_MODEL}" in r.stderr
+    assert r.stdout.startswith(f"{DEFAULT_MODEL} on ")
+    result = json.loads(report.read_text())
+    n = len(read_csv(out / "labels.csv"))
+    assert result["model"] == DEFAULT_MODEL and result["n_images"] == n > 0
+    # The labels are this model's own, made on the full frame: most crops get them again
+    # (0.73 when written).
+    assert result["classification"]["accuracy"] > 0.5
+

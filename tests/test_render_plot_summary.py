@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import CLIP, MULTI, NOFACE, SINGLE, cage
+from conftest import CLIP, MEDIA, MULTI, NOFACE, SINGLE, cage
 from PIL import Image
 
 from cage_cli.decode import load_image
@@ -40,7 +41,7 @@ def originals() -> dict[Path, tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, originals) -> dict[str, Path]:
-    """One real run over a folder: 3 photos (links to the shared ones) and a broken file."""
+    """One real run over a folder: 3 photos (links to the example photos) and a broken file."""
     root = tmp_path_factory.mktemp("photos")
     folder = root / "in"
     folder.mkdir()
@@ -111,7 +112,7 @@ def test_render_folder_of_photos(photos, tmp_path, originals) -> None:
             want = np.array(LABEL_COLORS[row["label"]])
             assert np.abs(patch - want).sum(axis=1).min() < 90, (name, row["label"], patch)
         assert np.abs(drawn - original.astype(int)).mean() > 0.5  # something was drawn
-    # sources untouched (the links point at the shared originals)
+    # sources untouched (the links point at the originals in examples/)
     assert {p: fingerprint(p) for p in originals} == originals
 
 
@@ -129,7 +130,7 @@ def test_render_one_photo_and_refusals(photos, tmp_path) -> None:
         e = one_line_error(cage("render", ann, "--source", src, "-o", target, "--overwrite"))
         assert "refusing to write over the source" in e
     # a file the annotations do not name: one clear line
-    e = one_line_error(cage("render", ann, "--source", SINGLE.parent / "portrait_paul_rudd.jpg",
+    e = one_line_error(cage("render", ann, "--source", MEDIA / "portrait_paul_rudd.jpg",
                             "-o", tmp_path / "x.jpg"))
     assert "source not found" in e
     e = one_line_error(cage("render", ann, "--source", src, "-o", tmp_path / "x.txt"))
@@ -325,3 +326,20 @@ def test_errors_are_one_line(tmp_path, photos) -> None:
     merge_parts([], tmp_path / "empty.jsonl", "jsonl", {})
     r = cage("summary", tmp_path / "empty.jsonl", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["total"]["faces"] == 0
+
+
+def test_default_outputs_go_beside_the_annotations(photos, tmp_path) -> None:
+    """Without -o, plot writes ANNOTATIONS.png and render a folder ANNOTATIONS_rendered/."""
+    ann = tmp_path / "faces.parquet"
+    shutil.copyfile(photos["parquet"], ann)
+    r = cage("plot", ann)
+    assert r.exit_code == 0, r.stderr
+    assert f"wrote {tmp_path / 'faces.png'}" in r.stderr
+    assert Image.open(tmp_path / "faces.png").format == "PNG"
+    r = cage("render", ann, "--source", photos["folder"], "-q")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "faces_rendered").iterdir()) == [
+        "multiface.jpg", "single_face.jpg"]
+    e = one_line_error(cage("plot", ann))
+    assert "exists" in e
+

@@ -16,8 +16,9 @@ from . import mini_xception  # noqa: E402,F401  isort: skip
 from . import faceapi  # noqa: E402,F401  isort: skip
 from . import cage  # noqa: E402,F401  isort: skip
 
-#: The default of `cage annotate`: face-api's FaceExpressionNet (colour, 112 px); see README.
-DEFAULT_MODEL = "faceapi-expression"
+#: The default of `cage annotate` and `cage evaluate`: face-api's FaceExpressionNet (colour,
+#: 112 px); defined in cage_cli/__init__.py so that the CLI's help needs no torch.
+from .. import DEFAULT_MODEL  # noqa: E402  isort: skip
 
 __all__ = [
     "DEFAULT_MODEL",
