@@ -5,6 +5,9 @@ Heavy imports (torch, the models) happen inside the commands so that `cage --hel
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -34,6 +37,16 @@ def _debug_guard(debug: bool, exc: BaseException) -> None:
     if debug:
         traceback.print_exception(exc)
     fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+def _reader_gone() -> None:
+    """Stdout's reader closed the pipe (`cage annotate -o - | head`): a normal end in a shell
+    pipeline. Exit quietly with SIGPIPE's conventional status, 128 + 13 = 141."""
+    try:  # Python flushes stdout at exit, which would fail (and say so) once more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (in-process runs)
+    raise typer.Exit(128 + signal.SIGPIPE)
 
 
 @app.command()
@@ -120,7 +133,8 @@ def annotate(
     probabilities, label, valence and arousal. Schema: docs/schema.md.
 
     Exit codes: 0 all inputs done, 1 some files failed (the others' rows are written),
-    2 usage error, 130/143 interrupted (resume with --resume).
+    2 usage error, 130/143 interrupted (resume with --resume), 141 the reader of `-o -`
+    closed the pipe (e.g. `| head`).
     """
     from .decode import Sampling
     from .detect import DETECTORS, DetectOptions
@@ -180,6 +194,8 @@ def annotate(
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))
+    except BrokenPipeError:
+        _reader_gone()
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback

@@ -120,6 +120,20 @@ def test_stdout_is_only_json_lines(tmp_path: Path) -> None:
     assert "files ok" not in proc.stdout
 
 
+def test_reader_that_closes_early_stops_quietly(tmp_path: Path) -> None:
+    """`cage annotate ... -o - | head -1`: when the reader goes, cage stops at its next write
+    with the status of SIGPIPE (141 in a shell), no message and nothing left behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cage_cli", "annotate", str(CLIP), "--max-frames", "64", "-o",
+         "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    first = json.loads(proc.stdout.readline())  # rows of the first frames, then hang up
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == ""
+    assert first["frame_index"] == 0 and first["source"] == str(CLIP)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_exif_rotated_copy_gives_same_face(tmp_path: Path) -> None:
     img = Image.open(SINGLE)
     rotated = img.transpose(Image.Transpose.ROTATE_90)  # pixels stored rotated...
