@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .detect import DetectOptions
+
 app = typer.Typer(
     name="cage",
     help="Annotate faces in photos and videos with facial expression, valence and arousal.",
@@ -80,7 +82,8 @@ def annotate(
     detector: Annotated[str, typer.Option(
         help="mtcnn: detect faces. none: each image/frame is one face (pre-cropped "
              "datasets). auto: mtcnn, then retry images without a face on a padded copy, "
-             "then treat small images (<= 256 px) as one face.",
+             "then treat small images (<= "
+             f"{DetectOptions.whole_max_side} px on their longer side) as one face.",
         rich_help_panel="Detection")] = "mtcnn",
     min_face: Annotated[float, typer.Option(
         help="Smallest face kept, in pixels (shorter box side, full resolution).",
@@ -137,7 +140,7 @@ def annotate(
     closed the pipe (e.g. `| head`).
     """
     from .decode import Sampling
-    from .detect import DETECTORS, DetectOptions
+    from .detect import DETECTORS
     from .inputs import discover, parse_shard, read_list
     from .models import DEFAULT_MODEL, ModelError
     from .pipeline import AnnotateOptions, RunOptions
