@@ -627,6 +627,9 @@ def export_cmd(
         _debug_guard(debug, e)
     if not quiet:
         ex.print_summary(err, summary)
+    warning = ex.empty_split_warning(summary)
+    if warning:
+        err.print(warning, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 
