@@ -61,7 +61,9 @@ def annotate(
         help="Output: out.parquet | out.jsonl | out.csv, a folder/ (Parquet dataset of part "
              "files, resumable, shardable) or - (JSON lines on stdout).")] = ...,
     files_from: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Read more input paths from this file, one per line ('-' = stdin).")] = None,
+        help="Read more input paths from this file, one per line ('-' = stdin). They count "
+             "as on the command line: a folder is searched whole (`find -type f` lists "
+             "files only).")] = None,
     fmt: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--format", help="parquet | jsonl | csv (default: from the output's extension).")] = None,
     model: Annotated[Optional[str], typer.Option(  # noqa: UP045

@@ -204,6 +204,33 @@ def test_files_from_stdin(tmp_path: Path) -> None:
     assert [r["source"] for r in rows] == [str(SINGLE)]
 
 
+def test_readme_find_newer_lists_only_new_files(tmp_path: Path) -> None:
+    """README's incremental run, `find data -newer stamp ... | cage annotate --files-from -`,
+    annotates the new file only (plain `find` also lists the folder the file went into,
+    and a listed folder is searched whole)."""
+    import os
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text().splitlines()
+    command = next(ln.split("  #")[0].strip() for ln in readme
+                   if ln.strip().startswith("find data -newer stamp"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "old.jpg").write_bytes(SINGLE.read_bytes())
+    (tmp_path / "stamp").touch()
+    now = (tmp_path / "stamp").stat().st_mtime
+    os.utime(data / "old.jpg", (now - 100, now - 100))
+    os.utime(tmp_path / "stamp", (now - 50, now - 50))
+    (data / "new.jpg").write_bytes(MULTI.read_bytes())  # also makes the folder newer
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert faces_per_source(read(tmp_path / "new.parquet")) == {"new.jpg": 6}
+
+
 def test_library_api_yields_record_batches() -> None:
     from cage_cli import SCHEMA as S
     from cage_cli import annotate
