@@ -122,9 +122,9 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     """Sampled frames of a video: its packets index it (timestamps and keyframes, no
     decoding), PyAV decodes it in order.
 
-    decord's CPU reader is not used: it keeps decoding ahead in a
-    background thread, without bound, while the caller is busy (dmlc/decord#157, #208), so a
-    slow consumer ends up holding the rest of the video in memory (docs/performance.md).
+    decord's CPU reader is not used: it keeps decoding ahead in a background thread, without
+    bound, while the caller is busy (dmlc/decord#157, #208), so a slow consumer ends up
+    holding the rest of the video in memory (docs/performance.md).
     """
     timestamps, keys = video_index(path)
     want = sample_indices(timestamps, sampling)
