@@ -5,6 +5,9 @@ Heavy imports (torch, the models) happen inside the commands so that `cage --hel
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +18,7 @@ from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import DEFAULT_MODEL, __version__
+from .detect import DetectOptions
 
 
 def _names_not_types(params: list) -> list:
@@ -97,6 +101,16 @@ def _debug_guard(debug: bool, exc: BaseException) -> None:
     fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
 
 
+def _reader_gone() -> None:
+    """Stdout's reader closed the pipe (`cage annotate -o - | head`): a normal end in a shell
+    pipeline. Exit quietly with SIGPIPE's conventional status, 128 + 13 = 141."""
+    try:  # Python flushes stdout at exit, which would fail (and say so) once more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (in-process runs)
+    raise typer.Exit(128 + signal.SIGPIPE)
+
+
 @app.command()
 def annotate(
     inputs: Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
@@ -108,7 +122,9 @@ def annotate(
              "files, resumable, shardable) or - (JSON lines on stdout).")] = ...,
     files_from: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE",
-        help="Read more input paths from this file, one per line ('-' = stdin).")] = None,
+        help="Read more input paths from this file, one per line ('-' = stdin). They count "
+             "as on the command line: a folder is searched whole (`find -type f` lists "
+             "files only).")] = None,
     fmt: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--format", metavar="FORMAT", help="parquet | jsonl | csv.",
         show_default="from the output's extension")] = None,
@@ -136,7 +152,8 @@ def annotate(
         metavar="mtcnn|auto|none",
         help="mtcnn: detect faces. none: each image/frame is one face (pre-cropped "
              "datasets). auto: mtcnn, then retry images without a face on a padded copy, "
-             "then treat small images (<= 256 px) as one face.",
+             "then treat small images (<= "
+             f"{DetectOptions.whole_max_side} px on their longer side) as one face.",
         rich_help_panel="Detection")] = "mtcnn",
     min_face: Annotated[float, typer.Option(
         metavar="PX", help="Smallest face kept, in pixels (shorter box side, full resolution).",
@@ -196,7 +213,8 @@ def annotate(
     probabilities, label, valence and arousal. Schema: docs/schema.md.
 
     Exit codes: 0 all inputs done, 1 some files failed (the others' rows are written),
-    2 usage error, 130/143 interrupted (resume with --resume).
+    2 usage error, 130/143 interrupted (resume with --resume), 141 the reader of `-o -`
+    closed the pipe (e.g. `| head`).
 
     Examples:
 
@@ -207,7 +225,7 @@ def annotate(
     ```
     """
     from .decode import Sampling
-    from .detect import DETECTORS, DetectOptions
+    from .detect import DETECTORS
     from .inputs import discover, parse_shard, read_list
     from .models import ModelError
     from .pipeline import AnnotateOptions, RunOptions
@@ -264,6 +282,8 @@ def annotate(
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))
+    except BrokenPipeError:
+        _reader_gone()
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
@@ -811,6 +831,9 @@ def export_cmd(
         _debug_guard(debug, e)
     if not quiet:
         ex.print_summary(err, summary)
+    warning = ex.empty_split_warning(summary)
+    if warning:
+        err.print(warning, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 

@@ -146,8 +146,9 @@ def _read_csv(path: Path, root: Path) -> FaceData:
             box_cols = ("xyxy", [cols[c] for c in _XYXY_BOX])
         number = path_col == cols.get("number")
         samples: list[Sample] = []
-        not_expression = va_out = 0
+        not_expression = va_out = line_count = 0
         for line, row in enumerate(reader, start=2):
+            line_count += 1
             raw = (row.get(path_col) or "").strip()
             if not raw:
                 raise DataError(f"{path}:{line}: empty image path")
@@ -174,6 +175,8 @@ def _read_csv(path: Path, root: Path) -> FaceData:
                     box = (x, y, x + w, y + h) if box_cols[0] == "xywh" else (x, y, w, h)
             samples.append(Sample(str(root / rel), label, v, a, box))
     notes = []
+    if line_count == 0:
+        notes.append(_no_rows(path))
     if not_expression:
         notes.append(f"{not_expression} rows without an expression (AffectNet codes 8-10: "
                      "none, uncertain, no face) skipped")
@@ -182,6 +185,24 @@ def _read_csv(path: Path, root: Path) -> FaceData:
                      "not annotated): their valence/arousal is ignored")
     _check_files(samples, f"listed in {path}", f"paths are relative to {root}; see --images")
     return FaceData(samples, str(path), "csv", notes)
+
+
+def _no_rows(path: Path) -> str:
+    """Why a labels CSV has no rows; names an empty split of a `cage export` dataset."""
+    from .export import MARKER
+
+    try:
+        info = json.loads((path.parent / MARKER).read_text())
+        split = next(k for k, v in info["labels"].items() if v == path.name)
+        counts = info["counts"]
+        exported, before_review = counts["exported"], counts["splits"].get(split)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return "the CSV has a header and no rows"
+    if before_review:
+        return f"every face of the {split} split was rejected in review"
+    return (f"`cage export` left the {split} split empty: its {exported} faces come from too "
+            "few sources, and each source goes whole into one split; export more sources, "
+            "try another --seed, or use fewer splits")
 
 
 def _parse_class(value: str | None, path: Path, line: int) -> int:

@@ -1,11 +1,12 @@
-"""Stage 2: decode. A media file -> sampled RGB frames (Pillow for images; videos indexed by
-decord and decoded by PyAV)."""
+"""Stage 2: decode. A media file -> sampled RGB frames (Pillow for images; videos indexed from
+their packets and decoded in order by PyAV)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -118,14 +119,14 @@ def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
 
 
 def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
-    """Sampled frames of a video: decord indexes it (timestamps and keyframes, no decoding),
-    PyAV decodes it in order.
+    """Sampled frames of a video: its packets index it (timestamps and keyframes, no
+    decoding), PyAV decodes it in order.
 
-    decord's own CPU reader is not used to decode a stream: it keeps decoding ahead in a
-    background thread, without bound, while the caller is busy (dmlc/decord#157, #208), so a
-    slow consumer ends up holding the rest of the video in memory (docs/performance.md).
+    decord's CPU reader is not used: it keeps decoding ahead in a background thread, without
+    bound, while the caller is busy (dmlc/decord#157, #208), so a slow consumer ends up
+    holding the rest of the video in memory (docs/performance.md).
     """
-    timestamps, keys = _video_index(path)
+    timestamps, keys = video_index(path)
     want = sample_indices(timestamps, sampling)
     if len(want):
         yield from _decode(path, timestamps, keys, want)
@@ -133,7 +134,7 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
 
 def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
     """The frames at these indices (as annotate numbered them), in order."""
-    timestamps, keys = _video_index(path)
+    timestamps, keys = video_index(path)
     if indices and max(indices) >= len(timestamps):
         raise DecodeError(f"frame {max(indices)} is past the video's end ({len(timestamps)} "
                           "frames; a different file?)")
@@ -141,37 +142,15 @@ def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
         yield from _decode(path, timestamps, keys, np.unique(np.asarray(indices)))
 
 
-def _video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
+def video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's start time (float64 seconds from the stream's start, in presentation
+    order) and the keyframe indices, from the packets (no decoding), up to any break in the
+    file."""
+    import av
+
     problem = _video_problem(path)  # FFmpeg says why a file is not a video
     if problem:
         raise DecodeError(f"cannot open video: {problem}")
-    timestamps, keys = _decord_index(path) or _pyav_index(path)
-    if not len(timestamps):
-        raise DecodeError("video has no decodable frames")
-    return timestamps, keys
-
-
-def _decord_index(path: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Each frame's start time (seconds from the stream's start, in presentation order) and
-    the keyframe indices; None if decord cannot index the file (e.g. it is truncated)."""
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
-        if n == 0:
-            return None
-        timestamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
-        return timestamps, np.asarray(vr.get_key_indices(), np.int64)
-    except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV indexes instead
-        return None
-
-
-def _pyav_index(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """As _decord_index, from PyAV's packets, up to any break in the file."""
-    import av
-
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -184,12 +163,20 @@ def _pyav_index(path: str) -> tuple[np.ndarray, np.ndarray]:
                             key_pts.append(packet.pts)
             except av.FFmpegError:
                 pass  # the index ends where the file breaks
-            start, base = stream.start_time or 0, float(stream.time_base)
+            start, base = stream.start_time or 0, stream.time_base
     except av.FFmpegError as e:
         raise DecodeError(f"cannot open video: {_av_reason(e)}") from None
-    order = np.sort(np.array(pts, np.float64))
-    keys = np.searchsorted(order, np.array(key_pts, np.float64))
-    return (order - start) * base, keys
+    if not pts:
+        raise DecodeError("video has no decodable frames")
+    order = np.sort(np.array(pts, np.int64))
+    keys = np.searchsorted(order, np.array(key_pts, np.int64))
+    return _seconds(order - start, base), keys
+
+
+def _seconds(ticks: np.ndarray, time_base: Fraction) -> np.ndarray:
+    """Integer timestamps in seconds, as PyAV's ``frame.time`` computes them (float64,
+    exact for ticks x numerator below 2**53, then one rounding)."""
+    return np.asarray(ticks, np.float64) * time_base.numerator / time_base.denominator
 
 
 def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
@@ -203,7 +190,7 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
     keys = np.unique(np.concatenate([[0], keys]))
     with av.open(path) as container:
         stream = container.streams.video[0]
-        start, base = stream.start_time or 0, float(stream.time_base)
+        start, base = stream.start_time or 0, stream.time_base
 
         def keyframe_before(index: int) -> int:
             return int(keys[np.searchsorted(keys, index, side="right") - 1])
@@ -211,7 +198,7 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
         def seek(index: int) -> Iterator[av.VideoFrame]:
             """Decode from the keyframe at or before frame ``index`` (0: the start)."""
             target = timestamps[index] + 1e-3 if index > 0 else 0.0
-            container.seek(start + int(target / base), stream=stream, backward=True)
+            container.seek(start + int(target / float(base)), stream=stream, backward=True)
             return container.decode(stream)
 
         # Seek forward only, never twice to one place; stop seeking if a seek overshoots
@@ -256,11 +243,12 @@ def _upright(frame) -> np.ndarray:
     return image
 
 
-def _frame_index(frame, start: int, base: float, timestamps: np.ndarray, previous: int) -> int:
+def _frame_index(frame, start: int, base: Fraction, timestamps: np.ndarray,
+                 previous: int) -> int:
     """The index of a decoded frame: the frame whose timestamp is nearest its own."""
     if frame.pts is None:
         return previous + 1
-    t = (frame.pts - start) * base
+    t = float(_seconds(frame.pts - start, base))
     k = int(np.searchsorted(timestamps, t))
     if k > 0 and (k == len(timestamps) or t - timestamps[k - 1] < timestamps[k] - t):
         k -= 1

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from cage_cli.mtcnn import MTCNN
 from cage_cli.workers import Results
+
+if TYPE_CHECKING:  # pragma: no cover - torch loads when a Detector is built, not for --help
+    import torch
 
 DETECTORS = ("mtcnn", "auto", "none")
 
@@ -72,6 +74,10 @@ class Detector:
 
     def __init__(self, options: DetectOptions, device: torch.device | str = "cpu",
                  pool: Executor | None = None):
+        import torch
+
+        from cage_cli.mtcnn import MTCNN
+
         self.options = options
         self.device = torch.device(device)
         self.mtcnn = MTCNN(self.device)

@@ -879,9 +879,16 @@ def print_summary(console, s: ExportSummary) -> None:
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
-    if s.empty_splits:
-        console.print(f"cage: warning: split(s) {', '.join(s.empty_splits)} got no faces (too few "
-                      "sources to split by source?)", markup=False, highlight=False)
+
+
+def empty_split_warning(s: ExportSummary) -> str | None:
+    """The warning for splits that got no faces (None if every split has some)."""
+    if not s.empty_splits:
+        return None
+    files = ", ".join(f"{k}.csv" for k in s.empty_splits)
+    return (f"cage: warning: {files} got no faces: the {s.exported} faces come from "
+            f"{s.sources_ok} sources, and each source goes whole into one split; export more "
+            "sources, try another --seed, or use fewer splits")
 
 
 def print_review_summary(console, s: ReviewSummary) -> None:

@@ -82,13 +82,20 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
             cols[name] += _floats(lm[:, c])
         for c, name in enumerate(PROB_COLUMNS):
             cols[name] += _floats(p[:, c])
-        best = np.nanargmax(p, axis=1)
-        cols["label"] += [EXPRESSIONS[b] for b in best]
+        cols["label"] += _labels(p)
         cols["valence"] += _floats(valence[j : j + n])
         cols["arousal"] += _floats(arousal[j : j + n])
         cols["va_method"] += [model.config.va_method] * n
         j += n
     return pa.RecordBatch.from_pydict(cols, schema=SCHEMA)
+
+
+def _labels(probs: np.ndarray) -> list[str | None]:
+    """The most probable class of each row; None for rows without probabilities (models
+    without classes, e.g. cage-maxvit-t-va)."""
+    best = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1).tolist()
+    known = (~np.isnan(probs).all(axis=1)).tolist()
+    return [EXPRESSIONS[b] if ok else None for b, ok in zip(best, known, strict=True)]
 
 
 def _floats(a: np.ndarray) -> list[float | None]:

@@ -203,6 +203,13 @@ class Pipeline:
             self.stop.set()
             producer.join()
 
+    def close(self) -> None:
+        """Drop the work still queued for the worker threads and let them end (a run that
+        stopped early need not finish detecting frames nobody will read). No run after this."""
+        self.stop.set()
+        if self.workers is not None:
+            self.workers.shutdown(wait=False, cancel_futures=True)
+
     def _start(self, group: list[Frame | _End], n_bytes: int) -> _Job:
         fr = [x for x in group if isinstance(x, Frame)]
         faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr])

@@ -2,7 +2,8 @@
 
 Panels (:func:`build_figure` returns the Figure, :func:`save_figure` writes PNG/SVG/PDF):
 
-* circumplex: every face as a point at (valence, arousal), coloured by its label, inside the
+* circumplex: every face as a point at (valence, arousal), coloured by its label (grey for
+  faces without one, from models without classes such as cage-maxvit-t-va), inside the
   unit circle, with the eight AffectNet class centroids (``cage_cli/data``) labelled;
 * expression distribution: faces per label (classes the model lacks are left out);
 * for each video source: a timeline of valence and arousal, and one of the top three class
@@ -105,6 +106,10 @@ def _circumplex(ax, faces: pa.Table) -> None:
         if m.any():
             ax.scatter(v[m], a[m], s=28, color=_color(e), alpha=alpha, edgecolors="0.2",
                        linewidths=0.4, label=f"{e} ({int(m.sum())})", zorder=3)
+    m = np.array([x is None for x in labels], dtype=bool)  # models without classes
+    if m.any():
+        ax.scatter(v[m], a[m], s=28, color="0.55", alpha=alpha, edgecolors="0.2",
+                   linewidths=0.4, label=f"no label ({int(m.sum())})", zorder=3)
     for e, (cv, ca) in zip(EXPRESSIONS, centroids(), strict=True):
         ax.scatter([cv], [ca], marker="D", s=46, color=_color(e), edgecolors="black",
                    linewidths=1.0, zorder=4)

@@ -29,8 +29,9 @@ def read_annotations(path: str | Path) -> pa.Table:
             rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
         elif p.suffix.lower() == ".csv":
-            opts = pacsv.ConvertOptions(column_types=SCHEMA, include_columns=SCHEMA.names)
-            table = pacsv.read_csv(p, convert_options=opts)
+            opts = pacsv.ConvertOptions(column_types=SCHEMA, include_columns=SCHEMA.names,
+                                        strings_can_be_null=True)  # empty cell = null
+            table = pacsv.read_csv(p, convert_options=opts).cast(SCHEMA)
         else:
             table = pq.read_table(p, schema=SCHEMA)
     except OutputError:
@@ -46,6 +47,6 @@ def read_run_info(path: str | Path) -> list[dict]:
     if p.is_dir():
         return [json.loads(m.read_text()) for m in sorted(p.glob("_cage_run*.json"))]
     if p.suffix.lower() in (".parquet", ".pq"):
-        meta = pq.read_schema(p).metadata or {}
+        meta = pq.read_metadata(p).metadata or {}  # the footer: files and part files
         return [json.loads(meta[META_KEY])] if META_KEY in meta else []
     return []

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont
@@ -331,12 +330,9 @@ def _sampled_frames(path: Path, run_info: list[dict] | None) -> set[int] | None:
     if len(samplings) != 1 or not isinstance(sampling, dict):
         return None
     try:
-        import decord
+        from .decode import Sampling, sample_indices, video_index
 
-        from .decode import Sampling, sample_indices
-
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        ts = np.asarray(vr.get_frame_timestamp(np.arange(len(vr))))[:, 0].astype(np.float64)
+        ts, _ = video_index(str(path))  # the timestamps annotate sampled from
         return set(sample_indices(ts, Sampling(**sampling)).tolist())
     except Exception:  # noqa: BLE001 - only a refinement; fall back to the rows
         return None

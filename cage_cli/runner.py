@@ -226,9 +226,12 @@ def annotate_to(
                         summary.files_ok += 1
                 if on_result:
                     on_result(result)
+        except BrokenPipeError:
+            raise  # the reader of stdout left (`-o - | head`): the caller stops quietly
         except OSError as e:
             raise OutputError(f"cannot write {output}: {e.strerror or e}", exit_code=1) from None
         finally:
+            pipeline.close()
             if isinstance(writer, DatasetWriter):
                 try:
                     writer.close()

@@ -253,14 +253,17 @@ def _seed_worker(worker_id: int) -> None:
 
 def _prepare(path: str, images: str | None, opts: TrainOptions, spec: CageSpec, what: str,
              cache: Path, log, device: torch.device) -> ds.FaceData:
-    data = ds.load_data(path, images, progress=None)
+    try:
+        data = ds.load_data(path, images, progress=None)
+    except ds.DataError as e:
+        raise ds.DataError(f"{what}: {e}") from None
     if opts.crop:
         log(f"{what}: detecting faces (MTCNN) in {len(data)} images")
         data = ds.detect_faces(data, str(device), cache)
     need = {"combined": "any", "discrete": "labels", "va": "va"}[opts.task]
     data = ds.restrict(data, spec.classes, need)
     if not data.samples:
-        raise ds.DataError(f"{path}: no usable samples for --task {opts.task}"
+        raise ds.DataError(f"{what}: {path}: no usable samples for --task {opts.task}"
                            + (f" ({'; '.join(data.notes)})" if data.notes else ""))
     return data
 
@@ -375,7 +378,7 @@ def train(opts: TrainOptions) -> TrainResult:
         notes.append("no expression labels in the training data: only the VA loss is used")
     val_data = None
     if opts.val:
-        val_data = _prepare(opts.val, opts.val_images, opts, spec, "validation data",
+        val_data = _prepare(opts.val, opts.val_images, opts, spec, "validation data (--val)",
                             out / "face_boxes_val.json", log, device)
         notes += [f"validation data: {n}" for n in val_data.notes]
     else:

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover - imported where used, so `cage --help` stays quick
+    import torch
 
 
 class Workers(ThreadPoolExecutor):
     """``n`` threads, each running torch with one intra-op thread."""
 
     def __init__(self, n: int):
+        import torch
+
         super().__init__(n, "cage-worker", torch.set_num_threads, (1,))
         self.n = n
 
@@ -25,6 +29,8 @@ class Workers(ThreadPoolExecutor):
 def cpu_workers(device: torch.device | str, threads: int | None = None) -> Workers | None:
     """Workers for a CPU run (``threads`` of them, default torch's thread count); None on an
     accelerator or with one thread, where work runs in the calling thread."""
+    import torch
+
     n = threads or torch.get_num_threads()
     return Workers(n) if torch.device(device).type == "cpu" and n > 1 else None
 

@@ -86,25 +86,28 @@ def test_fps_sampling_and_keep_empty(tmp_path: Path) -> None:
 
 
 def test_formats_give_same_rows(tmp_path: Path) -> None:
-    tables = {}
+    """Parquet, JSONL and CSV hold the same rows, nulls included (the --keep-empty row of
+    no_faces.jpg has null strings), read back by cage_cli.read and by docs/schema.md's
+    recipes."""
+    from cage_cli.read import read_annotations
+
+    tables, outs = {}, {}
     for ext in ("parquet", "jsonl", "csv"):
-        out = tmp_path / f"f.{ext}"
-        r = cage("annotate", MULTI, SINGLE, "-o", out)
+        out = outs[ext] = tmp_path / f"f.{ext}"
+        r = cage("annotate", MULTI, SINGLE, NOFACE, "-o", out, "--keep-empty")
         assert r.exit_code == 0, r.stderr
-        if ext == "parquet":
-            tables[ext] = read(out)
-        elif ext == "csv":
-            tables[ext] = pacsv.read_csv(
-                out, convert_options=pacsv.ConvertOptions(column_types=SCHEMA)
-            )
-        else:
-            rows = [json.loads(line) for line in out.read_text().splitlines()]
-            tables[ext] = pa.Table.from_pylist(rows, schema=SCHEMA)
-    ref = tables["parquet"]
-    assert ref.num_rows == 7
-    for ext in ("jsonl", "csv"):
-        assert tables[ext].column_names == ref.column_names
-        assert tables[ext].equals(ref.cast(tables[ext].schema)), ext
+        tables[ext] = read_annotations(out)
+    ref = read(outs["parquet"])
+    assert ref.num_rows == 8 and ref.column("label").null_count == 1
+    for ext in ("parquet", "jsonl", "csv"):
+        assert tables[ext].equals(ref), ext
+    rows = [json.loads(line) for line in outs["jsonl"].read_text().splitlines()]
+    csv_opts = pacsv.ConvertOptions(column_types=SCHEMA, strings_can_be_null=True)
+    recipes = {"jsonl": pa.Table.from_pylist(rows, schema=SCHEMA),
+               "csv": pacsv.read_csv(outs["csv"], convert_options=csv_opts)}
+    for ext, table in recipes.items():
+        assert table.column_names == ref.column_names
+        assert table.equals(ref.cast(table.schema)), ext
 
 
 def test_stdout_is_only_json_lines(tmp_path: Path) -> None:
@@ -118,6 +121,20 @@ def test_stdout_is_only_json_lines(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in lines]
     assert {r["source"] for r in rows} == {str(MULTI)}
     assert "files ok" not in proc.stdout
+
+
+def test_reader_that_closes_early_stops_quietly(tmp_path: Path) -> None:
+    """`cage annotate ... -o - | head -1`: when the reader goes, cage stops at its next write
+    with the status of SIGPIPE (141 in a shell), no message and nothing left behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cage_cli", "annotate", str(CLIP), "--max-frames", "64", "-o",
+         "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    first = json.loads(proc.stdout.readline())  # rows of the first frames, then hang up
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == ""
+    assert first["frame_index"] == 0 and first["source"] == str(CLIP)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exif_rotated_copy_gives_same_face(tmp_path: Path) -> None:
@@ -185,6 +202,33 @@ def test_files_from_stdin(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["source"] for r in rows] == [str(SINGLE)]
+
+
+def test_readme_find_newer_lists_only_new_files(tmp_path: Path) -> None:
+    """README's incremental run, `find data -newer stamp ... | cage annotate --files-from -`,
+    annotates the new file only (plain `find` also lists the folder the file went into,
+    and a listed folder is searched whole)."""
+    import os
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text().splitlines()
+    command = next(ln.split("  #")[0].strip() for ln in readme
+                   if ln.strip().startswith("find data -newer stamp"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "old.jpg").write_bytes(SINGLE.read_bytes())
+    (tmp_path / "stamp").touch()
+    now = (tmp_path / "stamp").stat().st_mtime
+    os.utime(data / "old.jpg", (now - 100, now - 100))
+    os.utime(tmp_path / "stamp", (now - 50, now - 50))
+    (data / "new.jpg").write_bytes(MULTI.read_bytes())  # also makes the folder newer
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert faces_per_source(read(tmp_path / "new.parquet")) == {"new.jpg": 6}
 
 
 def test_library_api_yields_record_batches() -> None:

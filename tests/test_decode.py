@@ -52,6 +52,18 @@ def test_frames_equal_decords(video: Path, sampling: Sampling) -> None:
         assert f.timestamp == pytest.approx(float(ts[f.index]), abs=1e-6)
 
 
+@pytest.mark.parametrize("video", [CLIP, INTERVIEW], ids=["short_clip", "interview"])
+def test_timestamps_are_exact(video: Path) -> None:
+    """Each frame's time is PTS x time base in float64, exactly PyAV's ``frame.time`` (not
+    decord's float32 seconds: 0.03999999910593033 for 0.04), so joins on it work."""
+    with av.open(str(video)) as c:
+        assert not c.streams.video[0].start_time  # both start at 0: times from the start
+        expected = [f.time for f in c.decode(video=0)]
+    got = [f.timestamp for f in frames(MediaFile(str(video), "video"))]
+    assert got == expected
+    assert got[1] == 0.04 and len(got) == {CLIP: 115, INTERVIEW: 105}[video]
+
+
 def test_sparse_sampling_seeks_between_keyframes(tmp_path: Path) -> None:
     """A 40 s video with a keyframe every 10 frames, sampled once every 10 s: the frames are
     the right ones, and reading them does not decode the whole video."""

@@ -95,3 +95,22 @@ def test_padded_retry_maps_boxes_back() -> None:
     assert (faces.boxes[:, :2] >= 0).all() and bw > 0.8 * tight.shape[1]
     assert faces.boxes[0, 2] <= tight.shape[1] and faces.boxes[0, 3] <= tight.shape[0]
     assert bh > 0.8 * tight.shape[0]
+
+
+def test_help_states_the_whole_image_limit_in_use() -> None:
+    """`--detector auto` help gives the limit the code uses (DetectOptions.whole_max_side)."""
+    r = cage("annotate", "--help")
+    text = " ".join(r.stdout.replace("│", " ").split())
+    assert r.exit_code == 0
+    assert f"small images (<= {DetectOptions().whole_max_side} px on their longer side)" in text
+
+
+def test_cli_help_does_not_load_torch() -> None:
+    """The help above reads DetectOptions; importing it must not pull in torch (seconds)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cage_cli.cli; print(sorted({'torch', 'cv2'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -286,6 +286,40 @@ def test_review_round_trip(ann: Path, rows: list[dict], tmp_path: Path) -> None:
     assert ((out / "train.csv").read_text(), (out / "test.csv").read_text()) == snapshot
 
 
+def test_empty_splits_are_named_by_export_train_and_evaluate(ann: Path, rows: list[dict],
+                                                            tmp_path: Path) -> None:
+    """Seven splits for five sources: some come out empty. export warns (even with -q) and
+    names them; train and evaluate say which split is empty and why, instead of a bare
+    'no usable samples'."""
+    out = tmp_path / "ds"
+    names = [f"s{i}" for i in range(7)]
+    r = cage("export", ann, "-o", out, "-q", "--split", ",".join(f"{n}=1" for n in names))
+    assert r.exit_code == 0, r.stderr
+    sizes = {n: len(read_csv(out / f"{n}.csv")) for n in names}
+    empty = [n for n in names if sizes[n] == 0]
+    full = [n for n in names if sizes[n]]
+    assert len(full) == len({row["source"] for row in rows}) == 5 and len(empty) == 2
+    [warning] = r.stderr.splitlines()
+    assert warning.startswith(f"cage: warning: {empty[0]}.csv, {empty[1]}.csv got no faces: "
+                              f"the {sum(sizes.values())} faces come from 5 sources")
+    r = cage("train", out / f"{full[0]}.csv", "--val", out / f"{empty[0]}.csv", "-o",
+             tmp_path / "run", "--backbone", "resnet18", "--input-size", 64, "--workers", 0)
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"cage: error: validation data (--val): {out / empty[0]}.csv: "
+                               f"no usable samples (`cage export` left the {empty[0]} split "
+                               "empty: its")
+    r = cage("evaluate", out / f"{empty[1]}.csv", "--model", "fer-mini-xception")
+    assert r.exit_code == 2 and f"left the {empty[1]} split empty" in r.stderr
+    # A split emptied by review says so.
+    sheet = tmp_path / "review.csv"
+    sheet.write_text("image,reviewed_label\n" + "".join(
+        f"{row['image']},reject\n" for row in read_csv(out / f"{full[0]}.csv")))
+    assert cage("export", "--apply-review", sheet, out).exit_code == 0
+    r = cage("train", out / f"{full[0]}.csv", "-o", tmp_path / "run2", "--workers", 0)
+    assert r.exit_code == 2 and r.stderr.startswith("cage: error: training data: ")
+    assert f"every face of the {full[0]} split was rejected in review" in r.stderr
+
+
 def test_missing_and_unreadable_sources_are_skipped(ann: Path, rows: list[dict],
                                                     tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()

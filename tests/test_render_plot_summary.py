@@ -223,6 +223,22 @@ def test_plot_figure_axes(photos, video) -> None:
     assert len(tl[0].get_lines()[0].get_xdata()) == VIDEO_FRAMES
 
 
+def test_plot_faces_without_label(photos) -> None:
+    """A valence/arousal-only model (cage-maxvit-t-va) gives null labels and probabilities:
+    its faces are still points on the circumplex."""
+    table, _ = load_annotations(photos["parquet"])
+    nulls = {c: pa.nulls(table.num_rows, table.schema.field(c).type)
+             for c in ["label"] + [f"p_{e}" for e in EXPRESSIONS]}
+    va_only = pa.table({c: nulls.get(c, table.column(c)) for c in table.column_names})
+    circ = build_figure(va_only).axes[0]
+    points = np.concatenate([c.get_offsets() for c in circ.collections
+                             if c.get_label().startswith("no label")])
+    faces = table.filter(pc.is_valid(table.column("face_index")))
+    assert len(points) == faces.num_rows == 7
+    np.testing.assert_allclose(sorted(points[:, 0]),
+                               sorted(faces.column("valence").to_pylist()), rtol=1e-6)
+
+
 def test_plot_files(photos, video, tmp_path) -> None:
     png, svg, pdf = tmp_path / "p.png", tmp_path / "p.svg", tmp_path / "p.pdf"
     assert cage("plot", photos["parquet"], "-o", png).exit_code == 0

@@ -1,0 +1,175 @@
+"""The docs' commands still work: every block marked ``# doc-test`` in README.md and docs/*.md
+runs, and what it prints still holds the numbers the doc shows.
+
+How to mark a block (the marker is an ordinary comment, so the block reads and pastes as is)::
+
+    ```sh
+    # doc-test
+    cage annotate ../shared/media/single_face.jpg -o faces.parquet
+    # expect: faces 1
+    cage annotate missing.jpg -o x.parquet
+    # exit: 2
+    ```
+
+* ```` ```sh ```` blocks: each command (with ``\\`` continuation lines and ``<<EOF``
+  here-documents) runs in ``bash``; it must exit 0, or the code given by a ``# exit: N`` line
+  after it. Each ``# expect: TEXT`` line after a command must appear in its stdout + stderr,
+  compared with table borders (``│ ┃ ─`` ...) and runs of white space made single spaces, so
+  ``# expect: faces 87`` matches the summary row ``│ faces │ 87 │``.
+* ```` ```python ```` blocks run as one script; ``# expect:`` lines inside check its output.
+
+A doc's marked blocks run in order, in one fresh folder that stands in for the repository
+root: the repository's top-level files and folders (``examples/``, ``docs/`` ...) are linked
+into it, and ``../shared/media`` holds the shared test media, as beside a checkout. So a reader
+can run the same commands from the repository root. Outputs (``faces.parquet``, ``ds/``...)
+stay in the temporary folder; ``cage`` is the one in this Python environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+MARKER = "# doc-test"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_BORDERS = re.compile(r"[\u2500-\u257f]")  # box drawing: rich's table borders
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
+
+
+@dataclass
+class Step:
+    """One command (or python script) of a doc, with what it must print and exit with."""
+
+    doc: str
+    line: int  # where it starts in the doc (1-based)
+    lang: str  # sh | python
+    code: str
+    expect: list[str] = field(default_factory=list)
+    exit: int = 0
+
+
+def steps(path: Path) -> list[Step]:
+    """The commands of the blocks marked ``# doc-test`` in a Markdown file, in order."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out: list[Step] = []
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^```(sh|bash|python)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        body = lines[i + 1 : end]
+        if body and body[0].strip() == MARKER:
+            out += _block_steps(path.name, i + 2, "python" if m[1] == "python" else "sh", body)
+        i = end + 1
+    return out
+
+
+def _block_steps(doc: str, first: int, lang: str, body: list[str]) -> list[Step]:
+    """Split a block into steps (python: the whole block is one)."""
+    if lang == "python":
+        step = Step(doc, first, lang, "\n".join(body))
+        step.expect = [ln.split("# expect:", 1)[1].strip() for ln in body if "# expect:" in ln]
+        return [step]
+    out: list[Step] = []
+    k = 0
+    while k < len(body):
+        text, start = body[k], k
+        k += 1
+        comment = text.strip()
+        if comment.startswith("# expect:") and out:
+            out[-1].expect.append(comment.removeprefix("# expect:").strip())
+            continue
+        if comment.startswith("# exit:") and out:
+            out[-1].exit = int(comment.removeprefix("# exit:"))
+            continue
+        if not comment or comment.startswith("#"):
+            continue
+        command = [text]
+        while command[-1].endswith("\\") and k < len(body):  # continuation lines
+            command.append(body[k])
+            k += 1
+        heredoc = _HEREDOC.search(" ".join(command))
+        if heredoc:  # the document, up to its terminator line
+            while k < len(body):
+                command.append(body[k])
+                k += 1
+                if command[-1].strip() == heredoc[2]:
+                    break
+        out.append(Step(doc, first + start, lang, "\n".join(command)))
+    return out
+
+
+def normalize(text: str) -> str:
+    """Table borders and runs of white space -> one space."""
+    return " ".join(_BORDERS.sub(" ", text).split())
+
+
+def run_step(step: Step, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "NO_COLOR": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    argv = ["bash", "-c", step.code] if step.lang == "sh" else [sys.executable, "-c", step.code]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+
+
+def stand_in_root(tmp_path: Path) -> Path:
+    """A folder laid out like the repository root, with ../shared beside it."""
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for entry in ROOT.iterdir():
+        if not entry.name.startswith("."):
+            (repo / entry.name).symlink_to(entry)
+    return repo
+
+
+MARKED = [p for p in DOCS if steps(p)]
+
+
+@pytest.mark.parametrize("doc", MARKED, ids=[p.name for p in MARKED])
+def test_doc_commands_run_and_print_what_the_doc_says(doc: Path, tmp_path: Path) -> None:
+    cwd = stand_in_root(tmp_path)
+    for step in steps(doc):
+        r = run_step(step, cwd)
+        where = f"{step.doc}:{step.line}: {step.code.splitlines()[0]}"
+        output = r.stdout + r.stderr
+        assert r.returncode == step.exit, \
+            f"{where}\nexit {r.returncode}, the doc expects {step.exit}\n{output[-3000:]}"
+        seen = normalize(output)
+        for text in step.expect:
+            assert normalize(text) in seen, f"{where}\nexpected {text!r} in:\n{output[-3000:]}"
+
+
+def test_walkthroughs_are_marked() -> None:
+    """The pre-labelling walkthrough and the schema recipes are checked, not just a few lines."""
+    marked = {p.name: steps(p) for p in MARKED}
+    assert len(marked["prelabel.md"]) >= 6 and len(marked["schema.md"]) >= 3
+    assert all(s.expect for s in marked["prelabel.md"] if s.code.startswith("cage "))
+
+
+def test_block_parsing(tmp_path: Path) -> None:
+    """Continuations, here-documents, expect/exit lines; unmarked blocks are left alone."""
+    doc = tmp_path / "x.md"
+    doc.write_text("\n".join([
+        "```sh", "cage annotate not-marked", "```",
+        "```sh", MARKER, "# a comment", "cage a \\", "  --b", "# expect: faces 3",
+        "# expect: files ok 1", "cat > f.csv <<'EOF'", "x,y", "# not a comment", "EOF",
+        "false", "# exit: 1", "```",
+        "```python", MARKER, "print(1)  # expect: 1", "```", ""]))
+    got = [(s.line, s.lang, s.code, s.expect, s.exit) for s in steps(doc)]
+    assert got == [
+        (7, "sh", "cage a \\\n  --b", ["faces 3", "files ok 1"], 0),
+        (11, "sh", "cat > f.csv <<'EOF'\nx,y\n# not a comment\nEOF", [], 0),
+        (15, "sh", "false", [], 1),
+        (19, "python", f"{MARKER}\nprint(1)  # expect: 1", ["1"], 0),
+    ]
+    assert normalize("│ faces          │ 87 │\n") == "faces 87"
