@@ -12,8 +12,11 @@ from PIL import Image, ImageOps
 
 from .inputs import MediaFile
 
-# Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
-Image.MAX_IMAGE_PIXELS = 250_000_000
+#: --max-pixels: larger images and video frames are refused from their header, undecoded.
+MAX_PIXELS = 250_000_000
+# cage checks each file's size itself (Sampling.max_pixels) before decoding anything, so
+# Pillow's own guard, a warning at its limit and an error only at twice that, is off.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class DecodeError(Exception):
@@ -22,13 +25,15 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which video frames to use. Images always give one frame."""
+    """Which frames to use: images always give one frame, videos those sampled here; an image
+    or video over ``max_pixels`` pixels (width x height) gives none and fails."""
 
     fps: float | None = None  # sample at this many frames per second of video time
     every: int = 1  # then keep every N-th
     max_frames: int | None = None
     start: float = 0.0  # seconds
     end: float | None = None
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -44,9 +49,16 @@ def frames(file: MediaFile, sampling: Sampling = Sampling()) -> Iterator[Frame]:
     """Yield the sampled frames of ``file``; raises DecodeError (after any good frames)."""
     _check_readable(file.path)
     if file.media == "image":
-        yield Frame(file.path, "image", 0, None, load_image(file.path))
+        yield Frame(file.path, "image", 0, None, load_image(file.path, sampling.max_pixels))
     else:
         yield from _video_frames(file.path, sampling)
+
+
+def check_size(width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse a frame size over ``max_pixels`` (checked from headers, before decoding)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(f"image too large ({width} x {height} = {width * height} pixels, "
+                          f"limit --max-pixels {max_pixels})")
 
 
 def _check_readable(path: str) -> None:
@@ -62,25 +74,43 @@ def _check_readable(path: str) -> None:
         raise DecodeError(e.strerror or str(e)) from None
 
 
-def load_image(path: str) -> np.ndarray:
+def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Open an image as (H, W, 3) uint8 RGB: EXIF orientation applied, any mode converted.
 
-    Animated images (GIF, WebP, TIFF pages) give their first frame.
+    Animated images (GIF, WebP, TIFF pages) give their first frame. An image over
+    ``max_pixels`` is refused from its header, before any pixel is decoded. Each step frees
+    the one before, so at most two copies of the pixels exist at once.
     """
     try:
         with Image.open(path) as im:
+            check_size(*im.size, max_pixels)
             im.load()
             try:
-                im = ImageOps.exif_transpose(im)
+                upright = ImageOps.exif_transpose(im)
             except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
-                pass
-            return np.asarray(to_rgb(im))
-    except Image.DecompressionBombError:
-        raise DecodeError(f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+                upright = im
+            if upright is not im:
+                im.close()
+            rgb = to_rgb(upright)
+            if rgb is not upright:
+                upright.close()
+            return _to_array(rgb)
     except Image.UnidentifiedImageError:
         raise DecodeError("not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"cannot decode image: {e}") from None
+
+
+def _to_array(rgb: Image.Image) -> np.ndarray:
+    """An RGB image's pixels as (H, W, 3) uint8, copied in strips of rows: np.asarray of a
+    whole image goes through a bytes copy, a third full copy of a big photo at once."""
+    w, h = rgb.size
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, 2**24 // max(1, w * 4))  # about 16 MiB of Pillow pixels per strip
+    for y in range(0, h, step):
+        out[y : y + step] = np.asarray(rgb.crop((0, y, w, min(h, y + step))))
+    rgb.close()
+    return out
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -125,7 +155,7 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     background thread, without bound, while the caller is busy (dmlc/decord#157, #208), so a
     slow consumer ends up holding the rest of the video in memory (docs/performance.md).
     """
-    timestamps, keys = _video_index(path)
+    timestamps, keys = _video_index(path, sampling.max_pixels)
     want = sample_indices(timestamps, sampling)
     if len(want):
         yield from _decode(path, timestamps, keys, want)
@@ -141,8 +171,8 @@ def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
         yield from _decode(path, timestamps, keys, np.unique(np.asarray(indices)))
 
 
-def _video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
-    problem = _video_problem(path)  # FFmpeg says why a file is not a video
+def _video_index(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    problem = _video_problem(path, max_pixels)  # FFmpeg says why a file is not a video
     if problem:
         raise DecodeError(f"cannot open video: {problem}")
     timestamps, keys = _decord_index(path) or _pyav_index(path)
@@ -267,16 +297,20 @@ def _frame_index(frame, start: int, base: float, timestamps: np.ndarray, previou
     return k
 
 
-def _video_problem(path: str) -> str | None:
-    """Why FFmpeg cannot open ``path`` (decord only logs the reason to stderr)."""
+def _video_problem(path: str, max_pixels: int | None = None) -> str | None:
+    """Why FFmpeg cannot open ``path`` (decord only logs the reason to stderr). Raises
+    DecodeError if its frames are over ``max_pixels`` (from the stream's header)."""
     import av
 
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 return "no video stream"
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
     except Exception as e:  # noqa: BLE001
         return _av_reason(e)
+    check_size(width, height, max_pixels)
     return None
 
 

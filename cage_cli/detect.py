@@ -17,6 +17,9 @@ from cage_cli.mtcnn import MTCNN
 from cage_cli.workers import Results
 
 DETECTORS = ("mtcnn", "auto", "none")
+#: Size in the detection copy of a DetectOptions.face_floor face: MTCNN's smallest window is
+#: 12 px; 16 keeps the smallest faces of interest above it (4K video: 0.4 of full resolution)
+FLOOR_PX = 16.0
 
 
 @dataclass
@@ -51,9 +54,9 @@ class DetectOptions:
     min_face: float = 20.0  # pixels, shorter box side at full resolution
     max_faces: int | None = None  # keep the K largest
     max_side: int | None = 960  # detect on a copy whose longer side is at most this...
-    #: ...but never smaller than this fraction of full resolution, so that faces 40 px tall
-    #: stay 16 px tall where MTCNN looks (4K video; docs/performance.md)
-    min_scale: float = 0.4
+    #: ...but never so small that a face this many pixels tall (full resolution) is under
+    #: FLOOR_PX where MTCNN looks (4K video, big photos; docs/performance.md)
+    face_floor: float = 40.0
     #: --detector auto: borders tried in turn (each side, fraction of the image size), chosen
     #: by benchmarks/crop_recall.py (docs/performance.md)
     pads: tuple[float, ...] = (0.1, 0.35)
@@ -122,12 +125,17 @@ class Detector:
                 out[i] = faces
         return out  # type: ignore[return-value]
 
+    def scale(self, width: int, height: int) -> float:
+        """The detection copy's size relative to a width x height frame."""
+        o = self.options
+        if not o.max_side or max(width, height) <= o.max_side:
+            return 1.0
+        return min(1.0, max(o.max_side / max(width, height), FLOOR_PX / o.face_floor))
+
     def _detect_same_size(self, images: list[np.ndarray]) -> list[Faces]:
         o = self.options
         h, w = images[0].shape[:2]
-        scale = 1.0
-        if o.max_side and max(h, w) > o.max_side:
-            scale = min(1.0, max(o.max_side / max(h, w), o.min_scale))
+        scale = self.scale(w, h)
         if scale != 1.0:  # Pillow per frame: no float copy of a huge frame or batch
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             images = [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR,

@@ -26,7 +26,7 @@ from .detect import DetectOptions, Detector
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
-from .workers import Results, cpu_workers
+from .workers import Results, cpu_workers, release_memory
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ class Pipeline:
                             break
                         yield from self._results(pending, concat(predictions.get()))
                         budget.release(pending.n_bytes)
+                        release_memory()
                     pending, group, n_frames, n_bytes = job, [], 0, 0
                 if item is _STOP:
                     if pending is not None and not self.stop.is_set():

@@ -10,6 +10,10 @@ from PIL import Image
 
 from .models.registry import CropConfig, ModelConfig
 
+#: A whole frame: a Pillow image, or (H, W, C) uint8 pixels (only the parts around faces
+#: are ever copied out of an array, so a big photo is never copied whole per face)
+FrameImage = Image.Image | np.ndarray
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -31,7 +35,7 @@ def crop_region(box: np.ndarray, crop: CropConfig) -> tuple[float, float, float,
     return x1, y1, x2, y2
 
 
-def crop_face(image: Image.Image, box: np.ndarray, config: ModelConfig) -> np.ndarray:
+def crop_face(image: FrameImage, box: np.ndarray, config: ModelConfig) -> np.ndarray:
     """One face as a (S, S, C) uint8 array, C = config.channels, S = config.input_size."""
     crop = config.crop
     x1, y1, x2, y2 = crop_region(box, crop)
@@ -105,13 +109,14 @@ def _cv2_linear_taps(n: int, size: int) -> tuple[np.ndarray, ...]:
     return i0, np.minimum(i0 + 1, n - 1), w0, w1
 
 
-def pad_fill(image: Image.Image, crop: CropConfig, channels: int) -> int | tuple[int, ...]:
+def pad_fill(image: FrameImage, crop: CropConfig, channels: int) -> int | tuple[int, ...]:
     """The value for pixels outside the frame: ``crop.pad_value``, or for "bottom_mean" the
     rounded mean of the frame's bottom two rows (of its grey version for 1-channel models, per
     channel otherwise), as fer pads its grey image."""
     if crop.pad_value != "bottom_mean":
         return crop.pad_value
-    bottom = image.crop((0, image.height - 2, image.width, image.height))
+    width, height = _size(image)
+    bottom = _cut(image, (0, height - 2, width, height))
     if channels == 1:
         bottom = bottom.convert("L")  # an RGB pixel (v, v, v) converts back to v
     means = np.asarray(bottom, dtype=np.float64).reshape(-1, len(bottom.getbands())).mean(axis=0)
@@ -123,19 +128,33 @@ def _fill_bands(fill: int | tuple[int, ...], image: Image.Image) -> tuple[int, .
     return fill if isinstance(fill, tuple) else (fill,) * len(image.getbands())
 
 
-def _crop_padded(image: Image.Image, region: tuple[int, int, int, int],
+def _size(image: FrameImage) -> tuple[int, int]:
+    """Width, height."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+
+
+def _cut(image: FrameImage, region: tuple[int, int, int, int]) -> Image.Image:
+    """The region (inside the frame) as a Pillow image."""
+    if isinstance(image, Image.Image):
+        return image.crop(region)
+    x1, y1, x2, y2 = region
+    return Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))
+
+
+def _crop_padded(image: FrameImage, region: tuple[int, int, int, int],
                  fill: int | tuple[int, ...]) -> Image.Image:
     """Image.crop, with the part outside the image filled with ``fill``."""
     x1, y1, x2, y2 = region
-    if x1 >= 0 and y1 >= 0 and x2 <= image.width and y2 <= image.height:
-        return image.crop(region)
-    out = Image.new(image.mode, (x2 - x1, y2 - y1), _fill_bands(fill, image))
-    inner = image.crop((max(x1, 0), max(y1, 0), min(x2, image.width), min(y2, image.height)))
+    width, height = _size(image)
+    if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+        return _cut(image, region)
+    inner = _cut(image, (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)))
+    out = Image.new(inner.mode, (x2 - x1, y2 - y1), _fill_bands(fill, inner))
     out.paste(inner, (max(x1, 0) - x1, max(y1, 0) - y1))
     return out
 
 
-def crop_faces(image: Image.Image, boxes: np.ndarray, config: ModelConfig,
+def crop_faces(image: FrameImage, boxes: np.ndarray, config: ModelConfig,
                whole: bool = False) -> torch.Tensor:
     """All faces of one frame as a uint8 tensor (N, S, S, C) for ExpressionModel.predict.
 
