@@ -3,6 +3,7 @@ recall that chooses the detection floor for big photos (docs/performance.md).
 
     python benchmarks/big_photos.py sizes    # one photo per size, 3 to 200 MP, whole process
     python benchmarks/big_photos.py recall   # a tiled group photo, faces 40-150 px
+    python benchmarks/big_photos.py recall4k # the same floors on 4K video frames
     python benchmarks/big_photos.py video    # interview.mp4: RSS and speed, malloc_trim or not
 
 ``sizes`` upscales a shared portrait to each size (JPEG, written to a temporary folder) and
@@ -148,20 +149,22 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def recall(floors: list[float]) -> list[dict]:
-    """Share of the pasted faces found (IoU >= 0.5), per detection floor (face px)."""
+    """Share of the pasted faces found (IoU >= 0.5), per detection floor: the size in px of
+    a 40 px face where MTCNN looks (DetectOptions.floor_px_photo)."""
     from cage_cli.detect import DetectOptions, Detector
 
     canvas, truth = group_photo()
     sides = np.minimum(truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1])
     rows = []
     for floor in floors:
-        detector = Detector(DetectOptions(face_floor=floor))
+        detector = Detector(DetectOptions(floor_px_photo=floor))
         start = time.perf_counter()
-        faces = detector.detect([canvas])[0]
+        faces = detector.detect([canvas], is_image=True)[0]
         took = time.perf_counter() - start
         hit = (_iou(truth, faces.boxes).max(axis=1) >= 0.5) if len(faces) else \
             np.zeros(len(truth), bool)
-        row = {"face_floor": floor, "scale": detector.scale(canvas.shape[1], canvas.shape[0]),
+        row = {"floor_px": floor,
+               "scale": detector.scale(canvas.shape[1], canvas.shape[0], is_image=True),
                "faces": len(truth), "recall": round(float(hit.mean()), 3),
                "recall_40_60": round(float(hit[sides < 60].mean()), 3),
                "recall_60_150": round(float(hit[sides >= 60].mean()), 3),
@@ -214,18 +217,57 @@ def video(repeats: int = 2) -> list[dict]:
     return rows
 
 
+def recall_4k(floors: list[float]) -> list[dict]:
+    """The floor on 4K video (DetectOptions.floor_px_video): recall of faces >= 40 px tall
+    against full-resolution detection, on 3840x2160 frames of 2x2 interview frames (every
+    3rd, then every 2nd: the 4 frames of docs/performance.md's max-side table)."""
+    from cage_cli.decode import Sampling, frames
+    from cage_cli.detect import DetectOptions, Detector
+    from cage_cli.inputs import MediaFile
+
+    hd = [f.image for f in frames(MediaFile(str(MEDIA / "interview.mp4"), "video"),
+                                  Sampling(every=3))][::2]
+    frames_4k = [np.concatenate([np.concatenate(hd[k : k + 2], 1),
+                                 np.concatenate(hd[k + 2 : k + 4], 1)], 0)
+                 for k in range(0, len(hd) - 3, 4)]
+    full = Detector(DetectOptions(max_side=None))
+    refs = [full.detect([im])[0].boxes for im in frames_4k]
+    rows = []
+    for floor in floors:
+        detector = Detector(DetectOptions(floor_px_video=floor))
+        found = total = 0
+        start = time.perf_counter()
+        for im, ref in zip(frames_4k, refs, strict=True):
+            boxes = detector.detect([im])[0].boxes
+            tall = (ref[:, 3] - ref[:, 1]) >= 40
+            hit = (_iou(ref, boxes).max(axis=1) >= 0.5) if len(boxes) else np.zeros(len(ref),
+                                                                                     bool)
+            found, total = found + int((hit & tall).sum()), total + int(tall.sum())
+        took = (time.perf_counter() - start) / len(frames_4k)
+        row = {"floor_px": floor, "scale": detector.scale(3840, 2160), "faces_40px": total,
+               "recall_40px": round(found / total, 3), "s_per_frame": round(took, 2)}
+        rows.append(row)
+        print(f"| {floor:g} px | {row['scale']:.3f} | {total} | {row['recall_40px']:.3f} | "
+              f"{took:.1f} s |", flush=True)
+    return rows
+
+
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "sizes"
     load = os.getloadavg()
     print(f"load average {load[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
-    if what == "video":
+    if what == "recall4k":
+        print("| 40 px face at | scale | faces >= 40 px | recall | s/frame |")
+        print("|---|---|---|---|---|")
+        rows = recall_4k([float(a) for a in argv[1:]] or [16.0, 12.0])
+    elif what == "video":
         print("| after each group | frames | frames/s | peak RSS |")
         print("|---|---|---|---|")
         rows = video()
     elif what == "recall":
-        print("| face floor | scale | recall | 40-60 px | 60-150 px | detections | time |")
+        print("| 40 px face at | scale | recall | 40-60 px | 60-150 px | detections | time |")
         print("|---|---|---|---|---|---|---|")
-        rows = recall([float(a) for a in argv[1:]] or [30.0, 40.0, 50.0, 60.0])
+        rows = recall([float(a) for a in argv[1:]] or [16.0, 12.0, 10.0, 8.0])
     else:
         print("| photo | size | peak RSS | rule | wall time | faces |")
         print("|---|---|---|---|---|---|")

@@ -26,6 +26,9 @@ from facenet_pytorch.models.utils.detect_face import (
     rerec,
 )
 
+#: P-Net runs on pyramid levels over this many pixels in strips of rows (big photos)
+STRIP_PIXELS = 2**21
+
 
 class MTCNN:
     """Call with (B, H, W, 3) uint8 frames of one size; returns, per frame, boxes (K, 5: x1,
@@ -57,9 +60,7 @@ class MTCNN:
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
         boxes, image_inds, picks, offset = [], [], [], 0
         for scale, oh, ow in levels:
-            level = _level(sat, oh, ow).permute(0, 3, 1, 2)  # channels-last memory
-            reg, probs = self.pnet(_normalise(level))
-            del level
+            reg, probs = self._pnet(sat, oh, ow)
             boxes_s, inds_s = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
             boxes.append(boxes_s)
             image_inds.append(inds_s)
@@ -106,6 +107,31 @@ class MTCNN:
         return [(boxes[inds == i], points[inds == i]) for i in range(b)]
 
 
+    def _pnet(self, sat: torch.Tensor, oh: int, ow: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net on one pyramid level. A big level (a big photo's) goes through in strips of
+        rows, so memory stays bounded: each output cell sees 12 input rows from an even row
+        (2x2 pooling), so strips starting at even rows, overlapping by 10, give every cell
+        exactly once; the cells of a strip's last rows are cut if they miss rows."""
+        rows = max(64, STRIP_PIXELS // ow // 2 * 2)
+        regs, probs, top = [], [], 0
+        while True:
+            bottom = min(oh, top + rows)
+            level = _level(sat, oh, ow, top, bottom).permute(0, 3, 1, 2)  # channels-last
+            reg, prob = self.pnet(_normalise(level))
+            del level
+            if bottom == oh:
+                regs.append(reg)
+                probs.append(prob)
+                break
+            n = (bottom - top - 12) // 2 + 1  # cells whose 12 rows are all in the strip
+            regs.append(reg[:, :, :n])
+            probs.append(prob[:, :, :n])
+            top += 2 * n
+        if len(regs) == 1:
+            return regs[0], probs[0]
+        return torch.cat(regs, 2), torch.cat(probs, 2)
+
+
 def _integral(imgs: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) uint8 -> (B, H+1, W+1, C) integer sums of all pixels above and left,
     summed in place (one integer copy of the frames, not three)."""
@@ -148,12 +174,13 @@ def _means(sat: torch.Tensor, corners: torch.Tensor, kh: torch.Tensor,
     return (g[0] - g[1] - g[2] + g[3]).float() / kh / kw
 
 
-def _level(sat: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
-    """The frames area-resized to oh x ow, (B, oh, ow, C) float32: the four corner sums of
-    every bin, gathered rows first, then columns (no index tensor per pixel), divided as
-    _means divides."""
+def _level(sat: torch.Tensor, oh: int, ow: int, top: int = 0,
+           bottom: int | None = None) -> torch.Tensor:
+    """Rows [top, bottom) of the frames area-resized to oh x ow, (B, rows, ow, C) float32:
+    the four corner sums of every bin, gathered rows first, then columns (no index tensor
+    per pixel), divided as _means divides."""
     h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    r0, r1 = _bins(h, oh, sat.device)
+    r0, r1 = (r[top:bottom] for r in _bins(h, oh, sat.device))
     c0, c1 = _bins(w, ow, sat.device)
     top, bottom = sat.index_select(1, r0), sat.index_select(1, r1)
     sums = bottom.index_select(2, c1) - top.index_select(2, c1)

@@ -67,13 +67,15 @@ def tf_resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     Output pixel (r, c) samples the input at (r * H / size, c * W / size), no anti-aliasing.
     """
     h, w = image.shape[:2]
-    img = image.astype(np.float64).reshape(h, w, -1)
+    img = image.reshape(h, w, -1)
     ys, xs = np.arange(size) * (h / size), np.arange(size) * (w / size)
     y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
     fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    top = img[y0][:, x0] + (img[y0][:, x1] - img[y0][:, x0]) * fx
-    bottom = img[y1][:, x0] + (img[y1][:, x1] - img[y1][:, x0]) * fx
+    # Only the sampled rows become float: a big face's crop is never converted whole.
+    r0, r1 = img[y0].astype(np.float64), img[y1].astype(np.float64)
+    top = r0[:, x0] + (r0[:, x1] - r0[:, x0]) * fx
+    bottom = r1[:, x0] + (r1[:, x1] - r1[:, x0]) * fx
     out = np.rint(top + (bottom - top) * fy).clip(0, 255).astype(np.uint8)
     return out.reshape((size, size) + image.shape[2:])
 
@@ -86,12 +88,14 @@ def cv2_resize_linear(image: np.ndarray, size: int) -> np.ndarray:
     images), within 1 grey level when enlarging.
     """
     h, w = image.shape[:2]
-    img = image.reshape(h, w, -1).astype(np.int64)
+    img = image.reshape(h, w, -1)
     y0, y1, wy0, wy1 = _cv2_linear_taps(h, size)
     x0, x1, wx0, wx1 = _cv2_linear_taps(w, size)
     wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
-    top = img[y0][:, x0] * wx0 + img[y0][:, x1] * wx1  # rows scaled by 2**11
-    bottom = img[y1][:, x0] * wx0 + img[y1][:, x1] * wx1
+    # Only the sampled rows become integers: a big face's crop is never converted whole.
+    r0, r1 = img[y0].astype(np.int64), img[y1].astype(np.int64)
+    top = r0[:, x0] * wx0 + r0[:, x1] * wx1  # rows scaled by 2**11
+    bottom = r1[:, x0] * wx0 + r1[:, x1] * wx1
     wy0, wy1 = wy0[:, None, None], wy1[:, None, None]
     out = (((wy0 * (top >> 4)) >> 16) + ((wy1 * (bottom >> 4)) >> 16) + 2) >> 2
     return out.clip(0, 255).astype(np.uint8).reshape((size, size) + image.shape[2:])

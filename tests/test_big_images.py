@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLIP, MEDIA, MULTI, ROOT, SINGLE, cage
+from conftest import CLIP, MEDIA, MULTI, NOFACE, ROOT, SINGLE, cage
 from PIL import Image
 from typer.testing import CliRunner
 
 from cage_cli.cli import app
 from cage_cli.decode import DecodeError, Sampling, frames, load_image
+from cage_cli.detect import Detector
 from cage_cli.inputs import MediaFile
 
 
@@ -132,3 +133,21 @@ def test_45_megapixel_photo_in_bounded_memory(tmp_path: Path) -> None:
     x1, y1, x2, y2 = (rows[0][k] for k in ("x1", "y1", "x2", "y2"))
     assert min(x2 - x1, y2 - y1) > 1000  # the portrait's face, scaled with the photo
     assert max_rss_kib * 1024 <= 1e9 + 12 * width * height  # issue 20's rule: 1.42 GB
+
+
+def test_out_of_memory_in_detection_skips_only_that_file(tmp_path: Path, monkeypatch) -> None:
+    """A MemoryError in a detection worker fails that file; the run and the rest go on."""
+    original = Detector._detect_same_size
+
+    def detect(self, images, is_image=False):
+        if images[0].shape[:2] == (630, 1200):  # multiface.jpg
+            raise MemoryError
+        return original(self, images, is_image)
+
+    monkeypatch.setattr(Detector, "_detect_same_size", detect)
+    out = tmp_path / "out.parquet"
+    r = cage("annotate", SINGLE, MULTI, NOFACE, "-o", out, "-q", "--keep-empty")
+    assert r.exit_code == 1, r.output
+    assert f"cage: skipped {MULTI}: out of memory while detecting faces" in r.stderr
+    sources = pq.read_table(out).column("source").to_pylist()
+    assert sorted(sources) == sorted([str(SINGLE), str(NOFACE)])
