@@ -273,7 +273,8 @@ def main(argv: list[str]) -> None:
         print("|---|---|---|---|---|---|")
         rows = sizes(argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"big_photos_{what}.json").write_text(json.dumps(
+    name = "_".join(["big_photos", what, *argv[1:]]).replace(".", "_")
+    (RESULTS / f"{name}.json").write_text(json.dumps(
         {"load_average": load, "rows": rows}, indent=1))
 
 
