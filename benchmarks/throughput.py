@@ -63,7 +63,7 @@ PORTRAITS = tuple(p for p in PHOTOS if p.startswith("portrait_"))
 #: det max_side values for the recall sweep (None: full resolution).
 MAX_SIDES = (640, 960, 1280, 1600, None)
 MIN_HEIGHT = 40  # faces that must be kept: at least this tall at full resolution
-NO_FLOOR = "960, no min_scale"  # recall: max_side 960 without DetectOptions.min_scale
+NO_FLOOR = "960, no min_scale"  # recall: max_side 960 without the face_floor floor
 LENGTHS = (1, 4, 16)  # short_clip looped this many times: 115 frames (69 MB of RGB) and up
 DEFAULT = "default"  # marks an option left at cage's default
 
@@ -335,7 +335,7 @@ def child_recall(case: dict) -> dict:
     sets["portraits"] = [load_image(p) for p in case["photos"]]
     # 4K: four interview frames tiled 2x2 into one 3840x2160 frame, so the faces keep their
     # 27-100 px. det max_side 960 alone would shrink a 40 px face to 10 px, below MTCNN's
-    # 12 px window; the min_scale floor (0.4) keeps it at 16 px.
+    # 12 px window; the face_floor floor (0.4) keeps it at 16 px.
     frames_1080 = sets["interview"][:: case.get("every_4k", 2)]
     for k in range(0, len(frames_1080) - 3, 4):
         a, b, c, d = frames_1080[k : k + 4]
@@ -344,7 +344,8 @@ def child_recall(case: dict) -> dict:
     sides = case["max_sides"] + [NO_FLOOR]
     detectors = {s: Detector(_detect_options({"max_side": s}), "cpu") for s in sides
                  if s != NO_FLOOR}
-    detectors[NO_FLOOR] = Detector(_detect_options({"max_side": 960}, min_scale=0.0), "cpu")
+    detectors[NO_FLOOR] = Detector(_detect_options({"max_side": 960}, face_floor=float("inf")),
+                                   "cpu")
     out = []
     for name, images in sets.items():
         stats = {s: {"times": [], "ref": 0, "found": 0, "ref_all": 0, "found_all": 0,
@@ -587,7 +588,7 @@ def cage_defaults() -> dict:
     from cage_cli.pipeline import RunOptions
 
     d = DetectOptions()
-    return {"det_max_side": d.max_side, "det_min_scale": d.min_scale, "min_face": d.min_face,
+    return {"det_max_side": d.max_side, "det_face_floor": d.face_floor, "min_face": d.min_face,
             "threshold": d.threshold,
             **{k: v for k, v in asdict(RunOptions()).items()}}
 

@@ -171,6 +171,10 @@ def annotate(
         rich_help_panel="Detection")] = 960,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
+    max_pixels: Annotated[int, typer.Option(
+        metavar="N",
+        help="Skip images and videos whose frames have more than N pixels (width x height), "
+             "checked from the file's header before decoding.")] = 250_000_000,
     batch_size: Annotated[int, typer.Option(
         metavar="N", help="Faces per model call.", rich_help_panel="Performance")] = 64,
     frames_per_batch: Annotated[int, typer.Option(
@@ -249,6 +253,8 @@ def annotate(
             fail(f"{name} must be at least 1")
     if fps is not None and fps <= 0:
         fail("--fps must be positive")
+    if max_pixels < 1:
+        fail("--max-pixels must be at least 1")
     try:
         shard_ij = parse_shard(shard)
     except ValueError as e:
@@ -263,7 +269,8 @@ def annotate(
     options = AnnotateOptions(
         model=model,
         weights=str(Path(weights).resolve()) if weights else None,
-        sampling=Sampling(fps=fps, every=every, max_frames=max_frames, start=start, end=end),
+        sampling=Sampling(fps=fps, every=every, max_frames=max_frames, start=start, end=end,
+                          max_pixels=max_pixels),
         detect=DetectOptions(detector=detector, threshold=det_threshold, min_face=min_face,
                              max_faces=max_faces, max_side=det_max_side or None),
         keep_empty=keep_empty,

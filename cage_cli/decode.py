@@ -13,8 +13,11 @@ from PIL import Image, ImageOps
 
 from .inputs import MediaFile
 
-# Big scans are legitimate input; detection is downscaled, so only refuse absurd sizes.
-Image.MAX_IMAGE_PIXELS = 250_000_000
+#: --max-pixels: larger images and video frames are refused from their header, undecoded.
+MAX_PIXELS = 250_000_000
+# cage checks each file's size itself (Sampling.max_pixels) before decoding anything, so
+# Pillow's own guard, a warning at its limit and an error only at twice that, is off.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class DecodeError(Exception):
@@ -23,13 +26,15 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which video frames to use. Images always give one frame."""
+    """Which frames to use: images always give one frame, videos those sampled here; an image
+    or video over ``max_pixels`` pixels (width x height) gives none and fails."""
 
     fps: float | None = None  # sample at this many frames per second of video time
     every: int = 1  # then keep every N-th
     max_frames: int | None = None
     start: float = 0.0  # seconds
     end: float | None = None
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -45,9 +50,16 @@ def frames(file: MediaFile, sampling: Sampling = Sampling()) -> Iterator[Frame]:
     """Yield the sampled frames of ``file``; raises DecodeError (after any good frames)."""
     _check_readable(file.path)
     if file.media == "image":
-        yield Frame(file.path, "image", 0, None, load_image(file.path))
+        yield Frame(file.path, "image", 0, None, load_image(file.path, sampling.max_pixels))
     else:
         yield from _video_frames(file.path, sampling)
+
+
+def check_size(width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse a frame size over ``max_pixels`` (checked from headers, before decoding)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(f"image too large ({width} x {height} = {width * height} pixels, "
+                          f"limit --max-pixels {max_pixels})")
 
 
 def _check_readable(path: str) -> None:
@@ -63,25 +75,43 @@ def _check_readable(path: str) -> None:
         raise DecodeError(e.strerror or str(e)) from None
 
 
-def load_image(path: str) -> np.ndarray:
+def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Open an image as (H, W, 3) uint8 RGB: EXIF orientation applied, any mode converted.
 
-    Animated images (GIF, WebP, TIFF pages) give their first frame.
+    Animated images (GIF, WebP, TIFF pages) give their first frame. An image over
+    ``max_pixels`` is refused from its header, before any pixel is decoded. Each step frees
+    the one before, so at most two copies of the pixels exist at once.
     """
     try:
         with Image.open(path) as im:
+            check_size(*im.size, max_pixels)
             im.load()
             try:
-                im = ImageOps.exif_transpose(im)
+                upright = ImageOps.exif_transpose(im)
             except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
-                pass
-            return np.asarray(to_rgb(im))
-    except Image.DecompressionBombError:
-        raise DecodeError(f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+                upright = im
+            if upright is not im:
+                im.close()
+            rgb = to_rgb(upright)
+            if rgb is not upright:
+                upright.close()
+            return _to_array(rgb)
     except Image.UnidentifiedImageError:
         raise DecodeError("not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"cannot decode image: {e}") from None
+
+
+def _to_array(rgb: Image.Image) -> np.ndarray:
+    """An RGB image's pixels as (H, W, 3) uint8, copied in strips of rows: np.asarray of a
+    whole image goes through a bytes copy, a third full copy of a big photo at once."""
+    w, h = rgb.size
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, 2**24 // max(1, w * 4))  # about 16 MiB of Pillow pixels per strip
+    for y in range(0, h, step):
+        out[y : y + step] = np.asarray(rgb.crop((0, y, w, min(h, y + step))))
+    rgb.close()
+    return out
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -126,7 +156,7 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     bound, while the caller is busy (dmlc/decord#157, #208), so a slow consumer ends up
     holding the rest of the video in memory (docs/performance.md).
     """
-    timestamps, keys = video_index(path)
+    timestamps, keys = video_index(path, sampling.max_pixels)
     want = sample_indices(timestamps, sampling)
     if len(want):
         yield from _decode(path, timestamps, keys, want)
@@ -142,18 +172,18 @@ def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
         yield from _decode(path, timestamps, keys, np.unique(np.asarray(indices)))
 
 
-def video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
+def video_index(path: str, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each frame's start time (float64 seconds from the stream's start, in presentation
     order) and the keyframe indices, from the packets (no decoding), up to any break in the
-    file."""
+    file. Frames over ``max_pixels`` are refused from the stream's header."""
     import av
 
-    problem = _video_problem(path)  # FFmpeg says why a file is not a video
-    if problem:
-        raise DecodeError(f"cannot open video: {problem}")
     try:
         with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError("cannot open video: no video stream")
             stream = container.streams.video[0]
+            check_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
             pts, key_pts = [], []
             try:
                 for packet in container.demux(stream):
@@ -164,7 +194,7 @@ def video_index(path: str) -> tuple[np.ndarray, np.ndarray]:
             except av.FFmpegError:
                 pass  # the index ends where the file breaks
             start, base = stream.start_time or 0, stream.time_base
-    except av.FFmpegError as e:
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise DecodeError(f"cannot open video: {_av_reason(e)}") from None
     if not pts:
         raise DecodeError("video has no decodable frames")
@@ -253,19 +283,6 @@ def _frame_index(frame, start: int, base: Fraction, timestamps: np.ndarray,
     if k > 0 and (k == len(timestamps) or t - timestamps[k - 1] < timestamps[k] - t):
         k -= 1
     return k
-
-
-def _video_problem(path: str) -> str | None:
-    """Why FFmpeg cannot open ``path`` (decord only logs the reason to stderr)."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                return "no video stream"
-    except Exception as e:  # noqa: BLE001
-        return _av_reason(e)
-    return None
 
 
 def _av_reason(e: BaseException) -> str:

@@ -30,6 +30,7 @@ class Faces:
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
     source: str = "detected"  # detected | padded | whole_image
     track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
+    error: str | None = None  # why detection failed on this frame (then there are no faces)
 
     @classmethod
     def empty(cls) -> Faces:
@@ -53,14 +54,46 @@ class DetectOptions:
     min_face: float = 20.0  # pixels, shorter box side at full resolution
     max_faces: int | None = None  # keep the K largest
     max_side: int | None = 960  # detect on a copy whose longer side is at most this...
-    #: ...but never smaller than this fraction of full resolution, so that faces 40 px tall
-    #: stay 16 px tall where MTCNN looks (4K video; docs/performance.md)
-    min_scale: float = 0.4
+    #: ...but never so small that a face this many pixels tall (full resolution) is smaller
+    #: than this where MTCNN looks: in video frames 16 px (0.4 of full resolution: 4K recall
+    #: 0.95, 0.90 at 12 px), in photos 12 px, MTCNN's smallest window (0.3: every 40-150 px
+    #: face of a 48 MP group photo, and 51 MP photos in bounded time and memory). Chosen by
+    #: benchmarks/big_photos.py (docs/performance.md, "Photos of any size").
+    face_floor: float = 40.0
+    floor_px_video: float = 16.0
+    floor_px_photo: float = 12.0
     #: --detector auto: borders tried in turn (each side, fraction of the image size), chosen
     #: by benchmarks/crop_recall.py (docs/performance.md)
     pads: tuple[float, ...] = (0.1, 0.35)
     #: --detector auto: images whose longer side is at most this fall back to the whole image
     whole_max_side: int = 160
+
+
+#: Frames over this many pixels are downscaled in strips of rows (big photos)
+STRIP_PIXELS = 2**24
+
+
+def downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (width, height) by Pillow, bilinear. Pillow holds RGB in
+    4 bytes per pixel, so a frame over STRIP_PIXELS goes through in strips of rows, each
+    with the source rows its output rows need, instead of as one whole-frame copy."""
+    h, w = image.shape[:2]
+    if h * w <= STRIP_PIXELS:
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR,
+                                                        reducing_gap=3.0))
+    sy = h / size[1]
+    out = np.empty((size[1], size[0]) + image.shape[2:], np.uint8)
+    step = max(1, int(STRIP_PIXELS // 4 // w / sy))  # output rows per strip
+    for top in range(0, size[1], step):
+        bottom = min(size[1], top + step)
+        # Bilinear reads sy source rows either side of each output row's centre.
+        y0 = max(0, int(top * sy - sy) - 2)
+        y1 = min(h, int(bottom * sy + sy) + 3)
+        strip = Image.fromarray(image[y0:y1])
+        out[top:bottom] = np.asarray(strip.resize(
+            (size[0], bottom - top), Image.Resampling.BILINEAR,
+            box=(0, top * sy - y0, w, bottom * sy - y0)))
+    return out
 
 
 class Detector:
@@ -95,11 +128,20 @@ class Detector:
             return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
         if self.device.type == "cpu":
             return Results.map(self._pool, self._one, images, flags)
-        return Results([self._auto(im, f, d)
-                        for im, f, d in zip(images, flags, self.detect(images), strict=True)])
+        faces: list[Faces | None] = [None] * len(images)
+        for kind in set(flags):
+            idx = [i for i, f in enumerate(flags) if f == kind]
+            for i, d in zip(idx, self.detect([images[i] for i in idx], kind), strict=True):
+                faces[i] = self._auto(images[i], kind, d)
+        return Results(faces)
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
-        return self._auto(image, is_image, self._detect_same_size([image])[0])
+        try:
+            return self._auto(image, is_image, self._detect_same_size([image], is_image)[0])
+        except MemoryError:  # one frame too big for this machine must not end the run
+            faces = Faces.empty()
+            faces.error = "out of memory while detecting faces"
+            return faces
 
     def _auto(self, image: np.ndarray, is_image: bool, faces: Faces) -> Faces:
         """--detector auto: a photo without a face gets another try (padded, whole)."""
@@ -107,9 +149,9 @@ class Detector:
             return self._retry(image)
         return faces
 
-    def detect(self, images: list[np.ndarray]) -> list[Faces]:
-        """MTCNN on each frame, in this thread. On a GPU, one batched call per group of
-        equal-size frames.
+    def detect(self, images: list[np.ndarray], is_image: bool = False) -> list[Faces]:
+        """MTCNN on each frame (video frames, or photos with ``is_image``), in this thread.
+        On a GPU, one batched call per group of equal-size frames.
 
         On the CPU every frame gets its own call: a batched call is no faster there
         (measured), and it gives slightly different boxes (float rounding) depending on
@@ -117,27 +159,32 @@ class Detector:
         grouped, interrupted or resumed.
         """
         if self.device.type == "cpu":
-            return [self._detect_same_size([im])[0] for im in images]
+            return [self._detect_same_size([im], is_image)[0] for im in images]
         out: list[Faces | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(im.shape, []).append(i)
         for idx in groups.values():
-            for i, faces in zip(idx, self._detect_same_size([images[i] for i in idx]),
+            for i, faces in zip(idx, self._detect_same_size([images[i] for i in idx], is_image),
                                 strict=True):
                 out[i] = faces
         return out  # type: ignore[return-value]
 
-    def _detect_same_size(self, images: list[np.ndarray]) -> list[Faces]:
+    def scale(self, width: int, height: int, is_image: bool = False) -> float:
+        """The detection copy's size relative to a width x height frame (or photo)."""
+        o = self.options
+        if not o.max_side or max(width, height) <= o.max_side:
+            return 1.0
+        floor = (o.floor_px_photo if is_image else o.floor_px_video) / o.face_floor
+        return min(1.0, max(o.max_side / max(width, height), floor))
+
+    def _detect_same_size(self, images: list[np.ndarray], is_image: bool = False) -> list[Faces]:
         o = self.options
         h, w = images[0].shape[:2]
-        scale = 1.0
-        if o.max_side and max(h, w) > o.max_side:
-            scale = min(1.0, max(o.max_side / max(h, w), o.min_scale))
+        scale = self.scale(w, h, is_image)
         if scale != 1.0:  # Pillow per frame: no float copy of a huge frame or batch
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            images = [np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR,
-                                                            reducing_gap=3.0)) for im in images]
+            images = [downscale(im, size) for im in images]
             scale_x, scale_y = size[0] / w, size[1] / h
         else:
             scale_x = scale_y = 1.0
@@ -174,7 +221,7 @@ class Detector:
             py, px = int(round(h * pad)), int(round(w * pad))
             padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
             padded[py : py + h, px : px + w] = image
-            faces = self.detect([padded])[0]
+            faces = self.detect([padded], True)[0]
             if len(faces):
                 faces.boxes -= np.array([px, py, px, py], np.float32)
                 faces.landmarks -= np.array([px, py], np.float32)

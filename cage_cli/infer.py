@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from .decode import Frame
 from .detect import Faces
@@ -26,7 +25,7 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
                        ) -> Results:
     """Crop the faces and start classifying them; ``.get()`` gives the predictions. With a
     CPU ``pool``, the faces are split evenly over its threads."""
-    crops = [crop_faces(Image.fromarray(f.image), d.boxes, model.config,
+    crops = [crop_faces(f.image, d.boxes, model.config,
                         whole=d.source == "whole_image")
              for f, d in zip(frames, faces, strict=True) if len(d)]
     if not crops:

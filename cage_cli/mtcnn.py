@@ -15,8 +15,6 @@ Boxes and scores agree with facenet-pytorch to float rounding (tests/test_mtcnn.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from facenet_pytorch.models.utils.detect_face import (
@@ -27,6 +25,9 @@ from facenet_pytorch.models.utils.detect_face import (
     pad,
     rerec,
 )
+
+#: P-Net runs on pyramid levels over this many pixels in strips of rows (big photos)
+STRIP_PIXELS = 2**21
 
 
 class MTCNN:
@@ -54,14 +55,12 @@ class MTCNN:
         sat = _integral(imgs)
 
         # Stage 1: P-Net on a pyramid whose first level maps min_face to 12 px.
-        levels, corners, kh, kw = _pyramid(sat.shape, min_face, self.factor, self.device)
+        levels = _pyramid(h, w, min_face, self.factor)
         if not levels:  # frames smaller than min_face
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
-        pyramid = _means(sat, corners, kh, kw).split([oh * ow for _, oh, ow in levels], dim=1)
         boxes, image_inds, picks, offset = [], [], [], 0
-        for (scale, oh, ow), level in zip(levels, pyramid, strict=True):
-            level = level.reshape(b, oh, ow, -1).permute(0, 3, 1, 2)  # channels-last memory
-            reg, probs = self.pnet(_normalise(level))
+        for scale, oh, ow in levels:
+            reg, probs = self._pnet(sat, oh, ow)
             boxes_s, inds_s = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
             boxes.append(boxes_s)
             image_inds.append(inds_s)
@@ -108,12 +107,41 @@ class MTCNN:
         return [(boxes[inds == i], points[inds == i]) for i in range(b)]
 
 
+    def _pnet(self, sat: torch.Tensor, oh: int, ow: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net on one pyramid level. A big level (a big photo's) goes through in strips of
+        rows, so memory stays bounded: each output cell sees 12 input rows from an even row
+        (2x2 pooling), so strips starting at even rows, overlapping by 10, give every cell
+        exactly once; the cells of a strip's last rows are cut if they miss rows."""
+        rows = max(64, STRIP_PIXELS // ow // 2 * 2)
+        regs, probs, top = [], [], 0
+        while True:
+            bottom = min(oh, top + rows)
+            level = _level(sat, oh, ow, top, bottom).permute(0, 3, 1, 2)  # channels-last
+            reg, prob = self.pnet(_normalise(level))
+            del level
+            if bottom == oh:
+                regs.append(reg)
+                probs.append(prob)
+                break
+            n = (bottom - top - 12) // 2 + 1  # cells whose 12 rows are all in the strip
+            regs.append(reg[:, :, :n])
+            probs.append(prob[:, :, :n])
+            top += 2 * n
+        if len(regs) == 1:
+            return regs[0], probs[0]
+        return torch.cat(regs, 2), torch.cat(probs, 2)
+
+
 def _integral(imgs: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) uint8 -> (B, H+1, W+1, C) integer sums of all pixels above and left."""
+    """(B, H, W, C) uint8 -> (B, H+1, W+1, C) integer sums of all pixels above and left,
+    summed in place (one integer copy of the frames, not three)."""
     b, h, w, c = imgs.shape
     dtype = torch.int32 if h * w * 255 < 2**31 else torch.int64
     sat = torch.zeros((b, h + 1, w + 1, c), dtype=dtype, device=imgs.device)
-    sat[:, 1:, 1:] = imgs.to(dtype).cumsum(1).cumsum(2)
+    inner = sat[:, 1:, 1:]
+    inner.copy_(imgs)
+    torch.cumsum(inner, 1, out=inner)
+    torch.cumsum(inner, 2, out=inner)
     return sat
 
 
@@ -146,29 +174,33 @@ def _means(sat: torch.Tensor, corners: torch.Tensor, kh: torch.Tensor,
     return (g[0] - g[1] - g[2] + g[3]).float() / kh / kw
 
 
-@functools.lru_cache(maxsize=4)
-def _pyramid(sat_shape: torch.Size, min_face: int, factor: float,
-             device: torch.device) -> tuple[list[tuple[float, int, int]], torch.Tensor, ...]:
-    """MTCNN's image pyramid for frames of one size: its levels (scale, height, width), and
-    the corners and bin sizes that resize every frame to every level in one gather."""
-    b, h, w = sat_shape[0], sat_shape[1] - 1, sat_shape[2] - 1
-    levels, corners, kh, kw = [], [], [], []
+def _level(sat: torch.Tensor, oh: int, ow: int, top: int = 0,
+           bottom: int | None = None) -> torch.Tensor:
+    """Rows [top, bottom) of the frames area-resized to oh x ow, (B, rows, ow, C) float32:
+    the four corner sums of every bin, gathered rows first, then columns (no index tensor
+    per pixel), divided as _means divides."""
+    h, w = sat.shape[1] - 1, sat.shape[2] - 1
+    r0, r1 = (r[top:bottom] for r in _bins(h, oh, sat.device))
+    c0, c1 = _bins(w, ow, sat.device)
+    top, bottom = sat.index_select(1, r0), sat.index_select(1, r1)
+    sums = bottom.index_select(2, c1) - top.index_select(2, c1)
+    sums -= bottom.index_select(2, c0)
+    del bottom
+    sums += top.index_select(2, c0)
+    del top
+    kh = (r1 - r0).float()[None, :, None, None]
+    kw = (c1 - c0).float()[None, None, :, None]
+    return sums.float() / kh / kw
+
+
+def _pyramid(h: int, w: int, min_face: int, factor: float) -> list[tuple[float, int, int]]:
+    """MTCNN's image pyramid for frames of h x w: its levels (scale, height, width)."""
+    levels = []
     scale, minl = 12.0 / min_face, min(h, w) * 12.0 / min_face
-    frames = torch.arange(b, device=device)
     while minl >= 12:
-        oh, ow = int(h * scale + 1), int(w * scale + 1)
-        r0, r1 = _bins(h, oh, device)
-        c0, c1 = _bins(w, ow, device)
-        corners.append(_corners(sat_shape, frames, r0.expand(b, oh), r1.expand(b, oh),
-                                c0.expand(b, ow), c1.expand(b, ow)).flatten(2))
-        kh.append((r1 - r0).float()[:, None].expand(oh, ow).flatten())
-        kw.append((c1 - c0).float()[None, :].expand(oh, ow).flatten())
-        levels.append((scale, oh, ow))
+        levels.append((scale, int(h * scale + 1), int(w * scale + 1)))
         scale, minl = scale * factor, minl * factor
-    if not levels:
-        return [], None, None, None
-    return (levels, torch.cat(corners, 2).to(torch.int32), torch.cat(kh)[:, None],
-            torch.cat(kw)[:, None])
+    return levels
 
 
 def _crops(sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, w: int, h: int,

@@ -26,7 +26,7 @@ from .detect import DetectOptions, Detector
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
-from .workers import Results, cpu_workers
+from .workers import Results, cpu_workers, release_memory
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ class Pipeline:
         self.workers = cpu_workers(self.model.device, run.threads)
         self.detector = Detector(options.detect, self.model.device, self.workers)
         self.stop = threading.Event()
+        self._failed: dict[str, str] = {}  # source -> why a frame of it failed detection
 
     def run(self, files: list[MediaFile]) -> Iterator[Result]:
         """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
@@ -194,6 +195,7 @@ class Pipeline:
                             break
                         yield from self._results(pending, concat(predictions.get()))
                         budget.release(pending.n_bytes)
+                        release_memory()
                     pending, group, n_frames, n_bytes = job, [], 0, 0
                 if item is _STOP:
                     if pending is not None and not self.stop.is_set():
@@ -229,8 +231,9 @@ class Pipeline:
         while i < len(group):
             item = group[i]
             if isinstance(item, _End):
+                failed = self._failed.pop(item.file.path, None)
                 yield Result(item.file.path, item.file.media, frames=0, done=True,
-                             error=item.error)
+                             error=item.error or failed)
                 i += 1
                 continue
             start = k
@@ -239,6 +242,12 @@ class Pipeline:
                 i += 1
                 k += 1
             run_frames, run_faces = fr[start:k], faces[start:k]
+            if any(d.error for d in run_faces):  # no rows; the file fails at its end
+                self._failed.setdefault(item.source, next(d.error for d in run_faces
+                                                          if d.error))
+                kept = [(f, d) for f, d in zip(run_frames, run_faces, strict=True)
+                        if not d.error]
+                run_frames, run_faces = [f for f, _ in kept], [d for _, d in kept]
             n = sum(len(d) for d in run_faces)
             run_preds = {key: v[j : j + n] for key, v in preds.items()}
             j += n

@@ -10,6 +10,10 @@ from PIL import Image
 
 from .models.registry import CropConfig, ModelConfig
 
+#: A whole frame: a Pillow image, or (H, W, C) uint8 pixels (only the parts around faces
+#: are ever copied out of an array, so a big photo is never copied whole per face)
+FrameImage = Image.Image | np.ndarray
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -31,7 +35,7 @@ def crop_region(box: np.ndarray, crop: CropConfig) -> tuple[float, float, float,
     return x1, y1, x2, y2
 
 
-def crop_face(image: Image.Image, box: np.ndarray, config: ModelConfig) -> np.ndarray:
+def crop_face(image: FrameImage, box: np.ndarray, config: ModelConfig) -> np.ndarray:
     """One face as a (S, S, C) uint8 array, C = config.channels, S = config.input_size."""
     crop = config.crop
     x1, y1, x2, y2 = crop_region(box, crop)
@@ -63,13 +67,15 @@ def tf_resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     Output pixel (r, c) samples the input at (r * H / size, c * W / size), no anti-aliasing.
     """
     h, w = image.shape[:2]
-    img = image.astype(np.float64).reshape(h, w, -1)
+    img = image.reshape(h, w, -1)
     ys, xs = np.arange(size) * (h / size), np.arange(size) * (w / size)
     y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
     fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    top = img[y0][:, x0] + (img[y0][:, x1] - img[y0][:, x0]) * fx
-    bottom = img[y1][:, x0] + (img[y1][:, x1] - img[y1][:, x0]) * fx
+    # Only the sampled rows become float: a big face's crop is never converted whole.
+    r0, r1 = img[y0].astype(np.float64), img[y1].astype(np.float64)
+    top = r0[:, x0] + (r0[:, x1] - r0[:, x0]) * fx
+    bottom = r1[:, x0] + (r1[:, x1] - r1[:, x0]) * fx
     out = np.rint(top + (bottom - top) * fy).clip(0, 255).astype(np.uint8)
     return out.reshape((size, size) + image.shape[2:])
 
@@ -82,12 +88,14 @@ def cv2_resize_linear(image: np.ndarray, size: int) -> np.ndarray:
     images), within 1 grey level when enlarging.
     """
     h, w = image.shape[:2]
-    img = image.reshape(h, w, -1).astype(np.int64)
+    img = image.reshape(h, w, -1)
     y0, y1, wy0, wy1 = _cv2_linear_taps(h, size)
     x0, x1, wx0, wx1 = _cv2_linear_taps(w, size)
     wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
-    top = img[y0][:, x0] * wx0 + img[y0][:, x1] * wx1  # rows scaled by 2**11
-    bottom = img[y1][:, x0] * wx0 + img[y1][:, x1] * wx1
+    # Only the sampled rows become integers: a big face's crop is never converted whole.
+    r0, r1 = img[y0].astype(np.int64), img[y1].astype(np.int64)
+    top = r0[:, x0] * wx0 + r0[:, x1] * wx1  # rows scaled by 2**11
+    bottom = r1[:, x0] * wx0 + r1[:, x1] * wx1
     wy0, wy1 = wy0[:, None, None], wy1[:, None, None]
     out = (((wy0 * (top >> 4)) >> 16) + ((wy1 * (bottom >> 4)) >> 16) + 2) >> 2
     return out.clip(0, 255).astype(np.uint8).reshape((size, size) + image.shape[2:])
@@ -105,13 +113,14 @@ def _cv2_linear_taps(n: int, size: int) -> tuple[np.ndarray, ...]:
     return i0, np.minimum(i0 + 1, n - 1), w0, w1
 
 
-def pad_fill(image: Image.Image, crop: CropConfig, channels: int) -> int | tuple[int, ...]:
+def pad_fill(image: FrameImage, crop: CropConfig, channels: int) -> int | tuple[int, ...]:
     """The value for pixels outside the frame: ``crop.pad_value``, or for "bottom_mean" the
     rounded mean of the frame's bottom two rows (of its grey version for 1-channel models, per
     channel otherwise), as fer pads its grey image."""
     if crop.pad_value != "bottom_mean":
         return crop.pad_value
-    bottom = image.crop((0, image.height - 2, image.width, image.height))
+    width, height = _size(image)
+    bottom = _cut(image, (0, height - 2, width, height))
     if channels == 1:
         bottom = bottom.convert("L")  # an RGB pixel (v, v, v) converts back to v
     means = np.asarray(bottom, dtype=np.float64).reshape(-1, len(bottom.getbands())).mean(axis=0)
@@ -123,19 +132,33 @@ def _fill_bands(fill: int | tuple[int, ...], image: Image.Image) -> tuple[int, .
     return fill if isinstance(fill, tuple) else (fill,) * len(image.getbands())
 
 
-def _crop_padded(image: Image.Image, region: tuple[int, int, int, int],
+def _size(image: FrameImage) -> tuple[int, int]:
+    """Width, height."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+
+
+def _cut(image: FrameImage, region: tuple[int, int, int, int]) -> Image.Image:
+    """The region (inside the frame) as a Pillow image."""
+    if isinstance(image, Image.Image):
+        return image.crop(region)
+    x1, y1, x2, y2 = region
+    return Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2]))
+
+
+def _crop_padded(image: FrameImage, region: tuple[int, int, int, int],
                  fill: int | tuple[int, ...]) -> Image.Image:
     """Image.crop, with the part outside the image filled with ``fill``."""
     x1, y1, x2, y2 = region
-    if x1 >= 0 and y1 >= 0 and x2 <= image.width and y2 <= image.height:
-        return image.crop(region)
-    out = Image.new(image.mode, (x2 - x1, y2 - y1), _fill_bands(fill, image))
-    inner = image.crop((max(x1, 0), max(y1, 0), min(x2, image.width), min(y2, image.height)))
+    width, height = _size(image)
+    if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+        return _cut(image, region)
+    inner = _cut(image, (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)))
+    out = Image.new(inner.mode, (x2 - x1, y2 - y1), _fill_bands(fill, inner))
     out.paste(inner, (max(x1, 0) - x1, max(y1, 0) - y1))
     return out
 
 
-def crop_faces(image: Image.Image, boxes: np.ndarray, config: ModelConfig,
+def crop_faces(image: FrameImage, boxes: np.ndarray, config: ModelConfig,
                whole: bool = False) -> torch.Tensor:
     """All faces of one frame as a uint8 tensor (N, S, S, C) for ExpressionModel.predict.
 

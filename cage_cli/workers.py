@@ -8,6 +8,7 @@ against each other. Measured on 2 cores in docs/performance.md.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -54,3 +55,22 @@ class Results:
     def get(self) -> list:
         """Wait for every result."""
         return self._values if self._futures is None else [f.result() for f in self._futures]
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None on other C libraries (macOS, musl)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS. glibc keeps freed blocks of large tensors
+    (frames, MTCNN's pyramid) for reuse, and with tensors of varying size the heap only
+    grows: on a 1080p video RSS climbed with every group (docs/performance.md, "Memory")."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
