@@ -4,16 +4,16 @@ recall that chooses the detection floor for big photos (docs/performance.md).
     python benchmarks/big_photos.py sizes    # one photo per size, 3 to 200 MP, whole process
     python benchmarks/big_photos.py recall   # a tiled group photo, faces 40-150 px
     python benchmarks/big_photos.py recall4k # the same floors on 4K video frames
-    python benchmarks/big_photos.py video    # interview.mp4: RSS and speed, malloc_trim or not
+    python benchmarks/big_photos.py video    # interview.mp4 1x and 4x: RSS and speed, before/after
 
 ``sizes`` upscales a shared portrait to each size (JPEG, written to a temporary folder) and
 runs ``python -m cage_cli annotate`` on it alone, one process per photo, reading the child's
 peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``) and wall time; the memory rule is
 1.0 GB + 12 bytes per pixel. ``recall`` pastes faces from the shared photos, 40-150 px, on a
 48 MP canvas, and reports per detection floor the share of them found and the detection
-time. ``video`` runs `cage annotate` on interview.mp4 (1080p) in child processes, with and
-without cage_cli.workers.release_memory (malloc_trim after each group), interleaved, on the
-first 35 frames and on all 105. Each prints a table and writes JSON to benchmarks/results/.
+time. ``video`` runs `cage annotate` on interview.mp4 (1080p, 105 frames) and on it looped 4x,
+in child processes, with the memory settings before and after issue 18's fix, interleaved.
+Each prints a table and writes JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -176,44 +176,62 @@ def recall(floors: list[float]) -> list[dict]:
     return rows
 
 
-def video_run(trim: bool, max_frames: int) -> dict:
-    """One `cage annotate` of interview.mp4 in this process (run it in a fresh one)."""
-    import cage_cli.workers
+def video_run(variant: str, video: str) -> dict:
+    """One `cage annotate VIDEO -o x.parquet` in this process (run it in a fresh one).
+    ``before``: the memory settings before issue 18's fix (128 MiB frame buffer, frames on
+    the malloc heap); ``after``: today's defaults."""
+    if variant == "before":
+        import functools
 
-    if not trim:
-        cage_cli.workers._malloc_trim = None
+        import cage_cli.decode
+        import cage_cli.pipeline
+
+        cage_cli.decode.own_pages = lambda image, min_bytes=0: image
+        cage_cli.pipeline.RunOptions = functools.partial(cage_cli.pipeline.RunOptions,
+                                                         buffer_mb=128)
     from cage_cli.cli import app
+    from cage_cli.read import read_annotations
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         try:
-            app(["annotate", str(MEDIA / "interview.mp4"), "-o", f"{tmp}/out.parquet", "-q",
-                 "--max-frames", str(max_frames)])
+            app(["annotate", video, "-o", f"{tmp}/out.parquet", "-q"])
         except SystemExit as e:
             assert not e.code, e.code
         wall = time.perf_counter() - start
+        rows = read_annotations(f"{tmp}/out.parquet").num_rows
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"trim": trim, "frames": max_frames, "wall_s": round(wall, 2),
-            "frames_per_s": round(max_frames / wall, 2), "peak_rss": rss}
+    return {"variant": variant, "video": Path(video).name, "rows": rows,
+            "wall_s": round(wall, 2), "peak_rss": rss, "load": round(os.getloadavg()[0], 1)}
 
 
-def video(repeats: int = 2) -> list[dict]:
-    """video_run with and without malloc_trim, interleaved, each in a fresh process."""
+def video(loops: tuple[int, ...] = (1, 4), repeats: int = 2) -> list[dict]:
+    """interview.mp4 (1080p, 105 frames) and the same looped (packets copied), before and
+    after issue 18's memory fix, interleaved, each in a fresh process; whole process
+    (imports and model loading included)."""
+    from benchmarks.gpu_check import loop_video
+
     rows = []
-    for _ in range(repeats):
-        for max_frames in (35, 105):
-            for trim in (True, False):
-                code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-                        f"from benchmarks.big_photos import video_run; "
-                        f"print(json.dumps(video_run({trim}, {max_frames})))")
-                out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                     text=True, check=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"| {'malloc_trim' if trim else 'none'} | {max_frames} | "
-                      f"{row['frames_per_s']:.2f} | {row['peak_rss'] / 2**20:.0f} MiB |",
-                      flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = {1: str(MEDIA / "interview.mp4")}
+        for k in loops:
+            if k > 1:
+                videos[k] = f"{tmp}/interview_x{k}.mp4"
+                loop_video(MEDIA / "interview.mp4", Path(videos[k]), k)
+        plan = [(k, v) for r in range(repeats) for k in loops if k == 1 or r == 0
+                for v in ("before", "after")]
+        for k, variant in plan:
+            code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+                    f"from benchmarks.big_photos import video_run; "
+                    f"print(json.dumps(video_run({variant!r}, {videos[k]!r})))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                 text=True, check=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row.update(loops=k, frames=105 * k, frames_per_s=round(105 * k / row["wall_s"], 2))
+            rows.append(row)
+            print(f"| {variant} | {k}x ({105 * k} frames) | {row['frames_per_s']:.2f} | "
+                  f"{row['peak_rss'] / 2**20:.0f} MiB | {row['load']} |", flush=True)
     return rows
 
 
@@ -261,8 +279,8 @@ def main(argv: list[str]) -> None:
         print("|---|---|---|---|---|")
         rows = recall_4k([float(a) for a in argv[1:]] or [16.0, 12.0])
     elif what == "video":
-        print("| after each group | frames | frames/s | peak RSS |")
-        print("|---|---|---|---|")
+        print("| memory settings | video | frames/s | peak RSS | load |")
+        print("|---|---|---|---|---|")
         rows = video()
     elif what == "recall":
         print("| 40 px face at | scale | recall | 40-60 px | 60-150 px | detections | time |")
