@@ -49,9 +49,8 @@ class RunOptions:
     batch_size: int = 64  # faces per model call
     frames_per_batch: int = 16  # frames per group (detected while the last is classified)
     #: decoded frames in flight (queued, detected, classified), in MiB: two groups of frames
-    #: is all the overlap needs; more only holds memory (docs/performance.md, "Memory":
-    #: 64 MiB, six 1080p frames a group, peaked lower than 128 at the same speed)
-    buffer_mb: int = 64
+    #: is all the overlap needs; more only holds memory (docs/performance.md)
+    buffer_mb: int = 128
     threads: int | None = None  # CPU worker threads (None: torch's thread count)
 
 
