@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -56,9 +57,11 @@ class RayOptions:
 
 
 def have_ray() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -178,8 +181,12 @@ class RayPipeline:
         if ray.is_initialized():
             return False
         address = self.ray_options.address or os.environ.get("RAY_ADDRESS") or None
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  **({} if address else {"include_dashboard": False}))
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():  # Ray installs its own; cage's stop cleanly
+                signal.signal(sig, handler)
         return True
 
     def _task(self):  # noqa: ANN202 - a Ray remote function, and the RunOptions it runs with
