@@ -36,6 +36,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .cluster_progress import Progress
 from .inputs import MediaFile
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
@@ -144,20 +145,6 @@ def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
     return list(counts.values())
 
 
-class _Progress:
-    """Running counts per input, reported by tasks and taken by the driver."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, tuple[int, int]] = {}
-
-    def report(self, counts: dict[str, tuple[int, int]]) -> None:
-        self.counts.update(counts)
-
-    def take(self) -> dict[str, tuple[int, int]]:
-        out, self.counts = self.counts, {}
-        return out
-
-
 # --- driver side -----------------------------------------------------------------------------
 
 class RayPipeline:
@@ -213,7 +200,8 @@ class RayPipeline:
         per_task = max(1, min(self.ray_options.photos_per_task,
                               math.ceil(n_photos / (4 * slots))))
         todo = batches(files, per_task)
-        progress = ray.remote(_Progress).options(num_cpus=0).remote()
+        progress = ray.remote(Progress).options(num_cpus=0).remote()
+        taken = progress.take.remote()
         cwd, where = os.getcwd(), str(folder.resolve())
         seen: dict[str, tuple[int, int]] = {}
         done: set[str] = set()
@@ -235,9 +223,11 @@ class RayPipeline:
                                         cwd, progress)
                     running[ref] = batch
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
-                for source, (frames, faces) in ray.get(progress.take.remote()).items():
-                    if source not in done and (frames, faces) != seen.get(source, (0, 0)):
-                        yield delta(source, frames, faces)
+                if not ray.wait([taken], timeout=0)[1]:  # never wait for the progress actor
+                    for source, (frames, faces) in ray.get(taken).items():
+                        if source not in done and (frames, faces) != seen.get(source, (0, 0)):
+                            yield delta(source, frames, faces)
+                    taken = progress.take.remote()
                 for ref in ready:
                     batch = running.pop(ref)
                     try:
