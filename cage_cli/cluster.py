@@ -52,8 +52,9 @@ class RayOptions:
 
     address: str | None = None  # None: $RAY_ADDRESS, else start a local Ray
     photos_per_task: int = 32  # at most; fewer when that leaves workers idle
-    #: GPUs per task where the cluster has GPUs (several tasks share one GPU); 0: CPU only
-    gpus_per_task: float = 0.25
+    #: GPUs per task where the cluster has GPUs; None: the GPUs shared evenly by the CPU
+    #: slots (1 GPU and 16 CPUs: 1/16 each), since each task decodes on one CPU; 0: no GPU
+    gpus_per_task: float | None = None
     max_retries: int = 3  # per task, when its worker or node dies
 
 
@@ -181,13 +182,15 @@ class RayPipeline:
 
         resources = ray.cluster_resources()
         cpus = self.run_options.threads or 1
-        gpus = self.ray_options.gpus_per_task if resources.get("GPU") else 0
+        slots = max(1, int(resources.get("CPU", 1) // cpus))
+        gpus = self.ray_options.gpus_per_task
+        if gpus is None:
+            gpus = min(1.0, math.floor(resources.get("GPU", 0.0) / slots * 1e4) / 1e4)
         run = replace(self.run_options, threads=cpus,
                       device=self.run_options.device if gpus else "cpu")
         remote = ray.remote(annotate_task).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=self.ray_options.max_retries,
             retry_exceptions=False)
-        slots = max(1, int(resources.get("CPU", 1) // cpus))
         return remote, run, slots
 
     def run(self, files: list[MediaFile], folder: Path, info: dict) -> Iterator[Result]:
