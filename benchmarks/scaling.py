@@ -1,6 +1,6 @@
 """Scaling: a local run against `--ray` with 1 and 2 CPU workers, and Ray's cost per input.
 
-    python benchmarks/scaling.py                     # about 10 minutes on 2 CPU cores
+    python benchmarks/scaling.py                     # about 15 minutes on 2 CPU cores
     python benchmarks/scaling.py --quick             # smoke run
     python benchmarks/scaling.py --baseline /work/main   # also time another checkout's local path
 
@@ -19,8 +19,12 @@ cluster) with 1 and 2 CPU workers, one task per video or batch of photos, one th
 ``--baseline PATH`` adds a local run of the checkout at PATH (same workload, same process
 setup), to show the local path is as fast as before this change.
 
-Prints a markdown table and writes benchmarks/results/scaling.json and scaling.md. The load
-average before and after each case is recorded: this machine is shared.
+Besides wall time, each case records the CPU time of its whole process tree (the driver, and
+with Ray the local cluster's GCS, raylet, workers and actors): on a shared machine, wall time
+depends on how many threads compete for the cores, CPU time much less. Ray's cost per input is
+the CPU time per input of Ray with 1 worker minus that of a local run with 1 thread (the same
+compute). Prints a markdown table and writes benchmarks/results/scaling.json and scaling.md.
+The load average before and after each case is recorded: this machine is shared.
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ RESULTS = HERE / "results"
 
 def child(case: dict) -> dict:
     """One case: warm up, then time one annotate_to run; returns its numbers."""
-    import resource
-
     from cage_cli.decode import Sampling
     from cage_cli.pipeline import AnnotateOptions, RunOptions
     from cage_cli.runner import annotate_to
@@ -69,15 +71,31 @@ def child(case: dict) -> dict:
     warm = [str(MEDIA / "single_face.jpg")] * 1 + [str(MEDIA / "multiface.jpg")]
     annotate_to(warm, str(tmp / "warm") + "/", options, run, log=lambda _: None, **extra)
     startup = time.perf_counter() - t0
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = tree_cpu()
     s = annotate_to(case["inputs"], str(tmp / "out") + "/", options, run, log=lambda _: None,
                     **extra)
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu1 = tree_cpu()
     if case["ray"]:
         ray.shutdown()
+    cpu = sum(t - cpu0.get(pid, 0.0) for pid, t in cpu1.items())
     return {"seconds": s.seconds - s.load_seconds, "frames": s.frames, "faces": s.faces,
-            "files": s.files_ok + s.files_failed, "startup_s": startup,
-            "driver_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)}
+            "files": s.files_ok + s.files_failed, "startup_s": startup, "cpu_s": cpu}
+
+
+def tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) so far of this process and all its descendants (with Ray:
+    the local cluster's GCS, raylet, workers and actors)."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
 
 
 def run_case(case: dict, pythonpath: Path) -> dict:
@@ -98,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="few frames, one round")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-frames", type=int, default=30)
     ap.add_argument("--tiny", type=int, default=48, help="tiny photos in the overhead workload")
     ap.add_argument("--baseline", type=Path, help="another checkout: time its local path too")
@@ -139,6 +157,8 @@ def main() -> None:
     for key, rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         med["frames_per_s"] = med["frames"] / med["seconds"]
+        med["cpu_ms_per_input"] = 1000 * med["cpu_s"] / med["files"]
+        med["cpu_ms_per_frame"] = 1000 * med["cpu_s"] / med["frames"]
         med["rounds"] = [x["seconds"] for x in rs]
         table[key] = med
     for wname in workloads:
@@ -147,8 +167,10 @@ def main() -> None:
         for key, med in table.items():
             if key.startswith(wname + "|"):
                 med["speedup_vs_local_1_thread"] = base / med["seconds"]
-        # Ray's cost per input: 1 Ray worker vs 1 local thread do the same compute.
-        ray1["overhead_per_input_s"] = (ray1["seconds"] - base) / ray1["files"]
+        # Ray's cost per input: CPU time of the whole process tree, 1 Ray worker vs 1 local
+        # thread (the same compute; wall time on a shared machine is less reliable).
+        local1 = table[f"{wname}|local, 1 thread"]
+        ray1["overhead_cpu_ms_per_input"] = ray1["cpu_ms_per_input"] - local1["cpu_ms_per_input"]
     results = {"environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                "machine": platform.machine(), "date": time.strftime("%F %T"),
                                "repeats": args.repeats, "max_frames": args.max_frames,
@@ -167,16 +189,16 @@ def render(results: dict) -> str:
              f"rounds, videos at most {env['max_frames']} frames, {env['tiny_photos']} tiny "
              "photos)", "",
              "| workload | case | files | frames | seconds | frames/s | x local 1 thread | "
-             "Ray cost per input | startup s | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU ms/frame | Ray CPU ms per input | startup s | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, m in results["cases"].items():
         w, label = key.split("|")
-        over = m.get("overhead_per_input_s")
+        over = m.get("overhead_cpu_ms_per_input")
         lines.append(
             f"| {w} | {label} | {m['files']:.0f} | {m['frames']:.0f} | {m['seconds']:.2f} | "
             f"{m['frames_per_s']:.2f} | {m['speedup_vs_local_1_thread']:.2f} | "
-            f"{'' if over is None else f'{over * 1000:.0f} ms'} | {m['startup_s']:.1f} | "
-            f"{m['load_before']:.1f} -> {m['load_after']:.1f} |")
+            f"{m['cpu_ms_per_frame']:.0f} | {'' if over is None else f'{over:.0f}'} | "
+            f"{m['startup_s']:.1f} | {m['load_before']:.1f} -> {m['load_after']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

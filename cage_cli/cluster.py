@@ -139,10 +139,8 @@ def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
             if time.monotonic() - last > 0.5:
                 progress.report.remote({s: (v["frames"], v["faces"]) for s, v in counts.items()})
                 last = time.monotonic()
-        writer.close()
-    except BaseException:
-        writer._discard()  # noqa: SLF001 - keep nothing of a failed attempt uncommitted
-        raise
+    finally:
+        writer.close()  # commits the finished inputs (all of them, unless this failed)
     return list(counts.values())
 
 
@@ -170,8 +168,12 @@ class RayPipeline:
             return False
         address = self.ray_options.address or os.environ.get("RAY_ADDRESS") or None
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 **({} if address else {"include_dashboard": False}))
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     **({} if address else {"include_dashboard": False}))
+        except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise OutputError(f"cannot start or reach {where}: {e}") from None
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():  # Ray installs its own; cage's stop cleanly
                 signal.signal(sig, handler)

@@ -63,14 +63,42 @@ def worker_pids() -> list[int]:
 
 @needs_ray
 def test_same_rows_as_local_run(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """Through the Python API: the rows, their order, the metadata and the summary."""
+    from cage_cli.cluster import RayOptions
+    from cage_cli.decode import Sampling
+    from cage_cli.pipeline import AnnotateOptions
+    from cage_cli.runner import annotate_to
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
+    pieces = []
     out = tmp_path / "ray.parquet"
-    r = cage("annotate", MEDIA, "-o", out, *SAMPLING, "--ray")
-    assert r.exit_code == 0, r.stderr
+    s = annotate_to([str(MEDIA)], str(out), options, ray=RayOptions(), on_result=pieces.append,
+                    log=lambda _: None)
+    assert s.exit_code == 0 and s.files_ok == 9 and s.files_skipped == 1  # README.md
     table = read(out)
     assert_same_rows(table, local)
     assert table.column("source").to_pylist() == local.column("source").to_pylist()  # order
-    assert table.schema.metadata[b"cage.run"]  # run metadata, as in a local run
+    assert _same_run_info(table, local)  # model, weights, options, versions
     assert not (tmp_path / "ray.parquet.cage-partial").exists()
+    # The progress bar's feed: frames and faces add up to the rows, one done piece per input.
+    assert s.faces == sum(p.faces for p in pieces) == local.num_rows
+    assert s.frames == sum(p.frames for p in pieces) == 7 + 2 * 6
+    assert sorted(p.source for p in pieces if p.done) == sorted(
+        str(p) for p in MEDIA.iterdir() if p.suffix != ".md")
+
+    r = cage("annotate", SINGLE, "-o", "-", "--ray")
+    assert r.exit_code == 2 and "--ray needs a file or folder output" in r.stderr
+
+
+def _same_run_info(a: pa.Table, b: pa.Table) -> bool:
+    """Same run metadata but the start and end times."""
+    import json
+
+    ma, mb = (json.loads(t.schema.metadata[b"cage.run"]) for t in (a, b))
+    for m in (ma, mb):
+        for k in ("started", "finished"):
+            m.pop(k)
+    return ma == mb
 
 
 @needs_ray
