@@ -241,7 +241,9 @@ class RayPipeline:
                         if isinstance(e.cause, OSError):
                             raise OutputError(f"cannot write {folder}: "
                                               f"{e.cause.strerror or e.cause}", 1) from None
-                        raise
+                        # One line (the task's traceback is in the Ray worker's log).
+                        raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
+                                           f"{e.cause}") from None
                     except ray.exceptions.RayError as e:  # worker or node lost, retries spent
                         reason = f"Ray task failed after {self.ray_options.max_retries} " \
                                  f"retries: {type(e).__name__}"
