@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLIP, MEDIA, SINGLE, cage, read
+from conftest import CLIP, INTERVIEW, MEDIA, SINGLE, cage, read
 from test_runs import assert_same_rows, rows_by_key
 
 from cage_cli.cluster import have_ray
@@ -47,6 +47,20 @@ def local(tmp_path_factory) -> pa.Table:
     r = cage("annotate", MEDIA, "-o", out, *SAMPLING)
     assert r.exit_code == 0, r.stderr
     return read(out)
+
+
+def kill_one(killed: list[int]) -> None:
+    """SIGKILL a Ray worker 1 s into a task (the model is loaded, frames are in flight)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = worker_pids()
+        if pids:
+            time.sleep(1.0)
+            if pids[0] in worker_pids():
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+        time.sleep(0.05)
 
 
 def worker_pids() -> list[int]:
@@ -109,19 +123,7 @@ def test_worker_killed_mid_input(ray_address: str, local: pa.Table, tmp_path: Pa
 
     killed: list[int] = []
 
-    def kill_one() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pids = worker_pids()
-            if pids:
-                time.sleep(1.0)  # mid-input: the model is loaded, frames are in flight
-                if pids[0] in worker_pids():
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one)
+    killer = threading.Thread(target=kill_one, args=(killed,))
     killer.start()
     out = tmp_path / "ds"
     r = cage("annotate", MEDIA, "-o", f"{out}/", *SAMPLING, "--ray-address", ray_address)
@@ -136,6 +138,29 @@ def test_worker_killed_mid_input(ray_address: str, local: pa.Table, tmp_path: Pa
     assert len(parts) == len(done.sources) == 9 and (out / "_cage_run-ray.json").exists()
     assert not list(out.glob(".*.tmp"))
     assert_same_rows(pa.concat_tables(pq.read_table(p) for p in parts), local)
+
+
+@needs_ray
+def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Path) -> None:
+    """With no retries left, the inputs of a killed task are failed (exit 1), not lost
+    silently; the other inputs' rows are kept."""
+    from cage_cli.cluster import RayOptions
+    from cage_cli.decode import Sampling
+    from cage_cli.pipeline import AnnotateOptions
+    from cage_cli.runner import annotate_to
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=24))
+    inputs, out = [str(INTERVIEW), str(SINGLE)], str(tmp_path / "o.parquet")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_one, args=(killed,))
+    killer.start()
+    s = annotate_to(inputs, out, options, ray=RayOptions(max_retries=0), log=lambda _: None)
+    killer.join()
+    assert killed
+    assert s.exit_code == 1 and s.files_failed == 1
+    assert s.errors[0]["source"] == str(INTERVIEW)
+    assert s.errors[0]["error"].startswith("Ray task failed after 0 retries")
+    assert {r for r in read(Path(out))["source"].to_pylist()} == {str(SINGLE)}
 
 
 @needs_ray
