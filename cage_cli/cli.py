@@ -206,6 +206,13 @@ def annotate(
     errors: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE", help="Append one JSON line per failed file to this file.",
         rich_help_panel="Runs")] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on a Ray cluster (--ray-address, $RAY_ADDRESS, or a local Ray). "
+                      "Inputs and output must be at the same path on every node. "
+                      "docs/scaling.md.", rich_help_panel="Runs")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Ray cluster to connect to (implies --ray); default $RAY_ADDRESS.",
+        rich_help_panel="Runs")] = None,
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -228,6 +235,7 @@ def annotate(
     cage annotate big_collection/ -o out_dir/ --resume
     ```
     """
+    from .cluster import INSTALL_HINT, RayOptions, have_ray
     from .decode import Sampling
     from .detect import DETECTORS
     from .inputs import discover, parse_shard, read_list
@@ -259,6 +267,9 @@ def annotate(
         shard_ij = parse_shard(shard)
     except ValueError as e:
         fail(str(e))
+    ray = ray or ray_address is not None
+    if ray and not have_ray():
+        fail(INSTALL_HINT)
     found = discover(paths)
     if not found.files:
         for path, reason in found.errors:
@@ -286,6 +297,7 @@ def annotate(
                 shard=shard_ij, errors_file=errors, found=found,
                 on_start=progress.start, on_result=progress.update,
                 log=progress.log, part_seconds=part_seconds,
+                ray=RayOptions(address=ray_address) if ray else None,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))
