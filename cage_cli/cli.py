@@ -211,7 +211,8 @@ def annotate(
                       "Inputs and output must be at the same path on every node. "
                       "docs/scaling.md.", rich_help_panel="Runs")] = False,
     ray_address: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Ray cluster to connect to (implies --ray); default $RAY_ADDRESS.",
+        metavar="ADDRESS", show_default="$RAY_ADDRESS, else a local Ray",
+        help="Ray cluster to connect to, e.g. ray://head:10001 (implies --ray).",
         rich_help_panel="Runs")] = None,
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
