@@ -77,35 +77,66 @@ class MTCNN:
                              boxes[:, 4]], dim=1)
         boxes = rerec(boxes)
 
-        # Stage 2: R-Net on 24 px crops.
-        if len(boxes):
-            crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
-            reg, probs = self.rnet(_normalise(crops))
-            keep = (probs[:, 1] > self.thresholds[1]) & valid
-            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
-            image_inds, reg = image_inds[keep], reg[keep]
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-            boxes = rerec(bbreg(boxes[pick], reg[pick]))
-            image_inds = image_inds[pick]
-
-        # Stage 3: O-Net on 48 px crops, with landmarks.
-        points = torch.zeros(0, 5, 2, device=self.device)
-        if len(boxes):
-            crops, valid = _crops(sat, boxes, image_inds, w, h, 48)
-            reg, marks, probs = self.onet(_normalise(crops))
-            keep = (probs[:, 1] > self.thresholds[2]) & valid
-            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
-            image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
-            bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-            bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-            points = torch.stack((bw * marks[:, :5] + boxes[:, 0:1] - 1,
-                                  bh * marks[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
-            boxes = bbreg(boxes, reg)
-            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-            boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
-
+        boxes, image_inds, _ = self._refine(sat, boxes, image_inds)
+        boxes, points, image_inds, _ = self._output(sat, boxes, image_inds)
         boxes, points, inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
         return [(boxes[inds == i], points[inds == i]) for i in range(b)]
+
+    @torch.inference_mode()
+    def relocate(self, frame: np.ndarray, boxes: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stages 2 and 3 only, on candidate boxes (K, 4) of one (H, W, 3) uint8 frame: the
+        faces found near them, as from ``__call__`` (boxes (N, 5), landmarks (N, 5, 2)), and
+        for each face the index of the candidate it came from. Used between keyframes to
+        re-locate known faces without the pyramid (cage_cli.detect)."""
+        if not frame.flags.writeable:
+            frame = frame.copy()
+        sat = _integral(torch.as_tensor(frame, device=self.device)[None])
+        cand = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=self.device)
+        cand = rerec(torch.cat((cand, torch.zeros_like(cand[:, :1])), dim=1))
+        inds = torch.zeros(len(cand), dtype=torch.int64, device=self.device)
+        cand, inds, src = self._refine(sat, cand, inds)
+        cand, points, inds, src2 = self._output(sat, cand, inds)
+        src = src[src2]
+        return cand.cpu().numpy(), points.cpu().numpy(), src.cpu().numpy()
+
+    def _refine(self, sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 2: R-Net on 24 px crops of ``boxes`` (K, >= 4) in the frames of the integral
+        images ``sat``; returns the kept boxes (squared), their frames, and their input rows."""
+        src = torch.arange(len(boxes), device=self.device)
+        if not len(boxes):
+            return boxes[:, :5], image_inds, src
+        h, w = sat.shape[1] - 1, sat.shape[2] - 1
+        crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
+        reg, probs = self.rnet(_normalise(crops))
+        keep = (probs[:, 1] > self.thresholds[1]) & valid
+        boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+        image_inds, reg, src = image_inds[keep], reg[keep], src[keep]
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+        return rerec(bbreg(boxes[pick], reg[pick])), image_inds[pick], src[pick]
+
+    def _output(self, sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 3: O-Net on 48 px crops, with landmarks; returns the kept boxes (K, 5), their
+        landmarks (K, 5, 2), their frames, and their input rows."""
+        src = torch.arange(len(boxes), device=self.device)
+        points = torch.zeros(0, 5, 2, device=self.device)
+        if not len(boxes):
+            return boxes, points, image_inds, src
+        h, w = sat.shape[1] - 1, sat.shape[2] - 1
+        crops, valid = _crops(sat, boxes, image_inds, w, h, 48)
+        reg, marks, probs = self.onet(_normalise(crops))
+        keep = (probs[:, 1] > self.thresholds[2]) & valid
+        boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+        image_inds, reg, marks, src = image_inds[keep], reg[keep], marks[keep], src[keep]
+        bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        points = torch.stack((bw * marks[:, :5] + boxes[:, 0:1] - 1,
+                              bh * marks[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
+        boxes = bbreg(boxes, reg)
+        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+        return boxes[pick], points[pick], image_inds[pick], src[pick]
 
 
 def _integral(imgs: torch.Tensor) -> torch.Tensor:
