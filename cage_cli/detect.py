@@ -2,6 +2,14 @@
 
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
+
+Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th
+sampled frame), then each face found there is re-located frame by frame, near where it is
+predicted to be, by MTCNN's second and third networks only (``MTCNN.relocate``). A face
+whose score falls below the threshold ends there; new faces appear at the next keyframe.
+Each re-located face carries a *link* to the face of the previous frame it came from
+(cage_cli.track gives it that face's id). A chunk depends only on its own frames, so
+chunks are detected in parallel, and rows do not depend on how frames are grouped.
 """
 
 from __future__ import annotations
@@ -17,6 +25,10 @@ from cage_cli.mtcnn import MTCNN
 from cage_cli.workers import Results
 
 DETECTORS = ("mtcnn", "auto", "none")
+#: Where a face is searched for between keyframes, around its predicted box: centre shifts
+#: (fractions of the box size) and square sizes (of the box size); each face keeps its best.
+SEARCH = np.array([(0, 0, 1), (-0.1, 0, 1), (0.1, 0, 1), (0, -0.1, 1), (0, 0.1, 1),
+                   (0, 0, 0.85), (0, 0, 1.15)], np.float32)
 
 
 @dataclass
@@ -28,6 +40,9 @@ class Faces:
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
     source: str = "detected"  # detected | padded | whole_image
     track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
+    #: (K,) int32: the face of the previous frame each face was re-located from; -1 (or None
+    #: for all) where it was found by full detection
+    links: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Faces:
@@ -81,16 +96,71 @@ class Detector:
         """Faces of each frame; ``is_image`` marks photos (--detector auto retries those)."""
         return self.submit(images, is_image).get()
 
-    def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> Results:
-        """Start detecting. On the CPU the frames go to the worker pool, one per task, so
-        the caller can do other work meanwhile; on an accelerator they are detected now."""
+    def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None,
+               keyframe: list[bool] | None = None, seed: list[Faces] = ()) -> Results:
+        """Start detecting. ``keyframe`` marks the frames that get full detection (default:
+        all); each other frame re-locates the faces of the frame before it. ``seed``: the
+        faces of the (at most two) frames before ``images[0]`` in its chunk, when that chunk
+        began in an earlier call. On the CPU each chunk goes to the worker pool as one task,
+        so the caller can do other work meanwhile; on an accelerator they are detected now."""
         flags = is_image if is_image is not None else [True] * len(images)
-        if self.options.detector == "none":
+        if self.options.detector == "none" or not images:
             return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
+        keys = keyframe if keyframe is not None else [True] * len(images)
+        starts = [i for i, k in enumerate(keys) if k or i == 0] + [len(images)]
+        chunks = [(images[a:b], flags[a:b], keys[a], [] if keys[a] else list(seed))
+                  for a, b in zip(starts, starts[1:], strict=False)]
         if self.device.type == "cpu":
-            return Results.map(self._pool, self._one, images, flags)
-        return Results([self._auto(im, f, d)
-                        for im, f, d in zip(images, flags, self.detect(images), strict=True)])
+            return Results.map(self._pool, self._chunk, *zip(*chunks, strict=True), flat=True)
+        firsts = [a for a in starts[:-1] if keys[a]]
+        detected = dict(zip(firsts, self.detect([images[i] for i in firsts]), strict=True))
+        out: list[Faces] = []
+        for a, (ims, fl, key, history) in zip(starts[:-1], chunks, strict=True):
+            first = self._auto(ims[0], fl[0], detected[a]) if key else None
+            out += self._chunk(ims, fl, key, history, first)
+        return Results(out)
+
+    def _chunk(self, images: list[np.ndarray], is_image: list[bool], keyframe: bool,
+               history: list[Faces], first: Faces | None = None) -> list[Faces]:
+        """Faces of consecutive frames of one chunk: the first detected in full if it is the
+        keyframe (or given as ``first``), the others re-located from the frame before."""
+        out: list[Faces] = []
+        for i, image in enumerate(images):
+            if i == 0 and keyframe:
+                faces = first if first is not None else self._one(image, is_image[0])
+            else:
+                faces = self.relocate(image, history)
+            out.append(faces)
+            history = [*history, faces][-2:]
+        return out
+
+    def relocate(self, image: np.ndarray, history: list[Faces]) -> Faces:
+        """The faces of ``history[-1]`` (the previous frame) found again in ``image``, each
+        searched for around its box moved as it moved from ``history[-2]`` (if given)."""
+        prev = history[-1] if history else Faces.empty()
+        if not len(prev):
+            return Faces.empty()
+        boxes = prev.boxes.astype(np.float32)
+        if len(history) == 2 and prev.links is not None:
+            before, ok = history[0].boxes, prev.links >= 0
+            boxes[ok] += boxes[ok] - before[prev.links[ok]]
+        h, w = image.shape[:2]
+        (small,), sx, sy, _ = self._scaled([image])
+        size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None, None]
+        centre = ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None, :]
+        half = size * SEARCH[None, :, 2:] / 2
+        cand = np.concatenate([centre + size * SEARCH[None, :, :2] - half,
+                               centre + size * SEARCH[None, :, :2] + half], axis=2)
+        cand = cand.reshape(-1, 4) * np.array([sx, sy] * 2, np.float32)
+        found, marks, src = self.mtcnn.relocate(small, cand)
+        found = found / np.array([sx, sy] * 2 + [1], np.float32)
+        marks = marks / np.array([sx, sy], np.float32)
+        links = src // len(SEARCH)
+        best = np.lexsort((-found[:, 4], links))  # by face, best score first
+        best = np.sort(best[np.r_[True, links[best][1:] != links[best][:-1]]]) if len(best) \
+            else best
+        return self._filter(found[best, :4], found[best, 4], marks[best], w, h,
+                            links[best].astype(np.int32))
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
         return self._auto(image, is_image, self._detect_same_size([image])[0])
@@ -122,7 +192,9 @@ class Detector:
                 out[i] = faces
         return out  # type: ignore[return-value]
 
-    def _detect_same_size(self, images: list[np.ndarray]) -> list[Faces]:
+    def _scaled(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float, float, int]:
+        """Frames of one size as detection sees them (downscaled to ``max_side``), the
+        scale in x and y, and the smallest face in detection pixels."""
         o = self.options
         h, w = images[0].shape[:2]
         scale = 1.0
@@ -136,7 +208,11 @@ class Detector:
         else:
             scale_x = scale_y = 1.0
         # MTCNN's pyramid starts at min_face (in detection pixels): smaller is slower.
-        min_face = max(12, int(o.min_face * min(scale_x, scale_y)))
+        return images, scale_x, scale_y, max(12, int(o.min_face * min(scale_x, scale_y)))
+
+    def _detect_same_size(self, images: list[np.ndarray]) -> list[Faces]:
+        h, w = images[0].shape[:2]
+        images, scale_x, scale_y, min_face = self._scaled(images)
         result = []
         for b, lm in self.mtcnn(np.stack(images), min_face):
             b = b / np.array([scale_x, scale_y] * 2 + [1], np.float32)
@@ -145,19 +221,23 @@ class Detector:
         return result
 
     def _filter(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray,
-                width: int, height: int) -> Faces:
+                width: int, height: int, links: np.ndarray | None = None) -> Faces:
+        """The faces kept: threshold, smallest face, ``max_faces`` largest; ``links`` (one
+        per box) are kept with their faces."""
         o = self.options
         boxes = boxes.copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         keep = (scores >= o.threshold) & (side >= o.min_face)
+        links = links[keep] if links is not None else None
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
         if o.max_faces is not None and len(boxes) > o.max_faces:
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             top = np.sort(np.argsort(-area, kind="stable")[: o.max_faces])
             boxes, scores, landmarks = boxes[top], scores[top], landmarks[top]
-        return Faces(boxes, scores, landmarks)
+            links = links[top] if links is not None else None
+        return Faces(boxes, scores, landmarks, links=links)
 
     def _retry(self, image: np.ndarray) -> Faces:
         """--detector auto, for an image with no face: detect on padded copies, then fall
