@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from cage_cli.inputs import discover
 from cage_cli.pipeline import AnnotateOptions, Pipeline, RunOptions
+from cage_cli.track import box_iou as iou
 
 HERE = Path(__file__).resolve().parent
 MEDIA = HERE.parents[1] / "shared" / "media"
@@ -44,15 +45,6 @@ def run(video: Path, k: int, model=None) -> tuple[dict, float, float, object]:
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in
             ("frame_index", "track_id", "x1", "y1", "x2", "y2", "label")}, wall, cpu, \
         pipeline.model
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 4) x (M, 4) boxes -> (N, M) IoU."""
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def compare(ref: dict, got: dict) -> dict:

@@ -22,13 +22,15 @@ import torch
 from PIL import Image
 
 from cage_cli.mtcnn import MTCNN
+from cage_cli.track import box_iou
 from cage_cli.workers import Results
 
 DETECTORS = ("mtcnn", "auto", "none")
-#: Where a face is searched for between keyframes, around its predicted box: centre shifts
-#: (fractions of the box size) and square sizes (of the box size); each face keeps its best.
-SEARCH = np.array([(0, 0, 1), (-0.1, 0, 1), (0.1, 0, 1), (0, -0.1, 1), (0, 0.1, 1),
-                   (0, 0, 0.85), (0, 0, 1.15)], np.float32)
+#: Between keyframes, a face is searched for in its predicted box widened by this fraction of
+#: its size on each side.
+WINDOW = 0.5
+#: ...and a face found there continues the face whose predicted box it overlaps at least this
+MIN_LINK_IOU = 0.3
 
 
 @dataclass
@@ -135,32 +137,37 @@ class Detector:
         return out
 
     def relocate(self, image: np.ndarray, history: list[Faces]) -> Faces:
-        """The faces of ``history[-1]`` (the previous frame) found again in ``image``, each
-        searched for around its box moved as it moved from ``history[-2]`` (if given)."""
+        """The faces of ``history[-1]`` (the previous frame) found again in ``image``: MTCNN
+        in a window around each face's box, moved as it moved from ``history[-2]`` (if
+        given). Each face found is linked to the face whose predicted box it overlaps most;
+        faces linked to none are left for the next keyframe."""
         prev = history[-1] if history else Faces.empty()
         if not len(prev):
             return Faces.empty()
-        boxes = prev.boxes.astype(np.float32)
+        boxes = prev.boxes.astype(np.float64)
         if len(history) == 2 and prev.links is not None:
             before, ok = history[0].boxes, prev.links >= 0
             boxes[ok] += boxes[ok] - before[prev.links[ok]]
         h, w = image.shape[:2]
-        (small,), sx, sy, _ = self._scaled([image])
-        size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None, None]
-        centre = ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None, :]
-        half = size * SEARCH[None, :, 2:] / 2
-        cand = np.concatenate([centre + size * SEARCH[None, :, :2] - half,
-                               centre + size * SEARCH[None, :, :2] + half], axis=2)
-        cand = cand.reshape(-1, 4) * np.array([sx, sy] * 2, np.float32)
-        found, marks, src = self.mtcnn.relocate(small, cand)
+        (small,), sx, sy, min_face = self._scaled([image])
+        size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None]
+        windows = np.hstack([boxes[:, :2] - WINDOW * size, boxes[:, 2:] + WINDOW * size])
+        found, marks = self.mtcnn.near(small, windows * [sx, sy, sx, sy], min_face,
+                                       float(size.max()) * max(sx, sy))
         found = found / np.array([sx, sy] * 2 + [1], np.float32)
-        marks = marks / np.array([sx, sy], np.float32)
-        links = src // len(SEARCH)
-        best = np.lexsort((-found[:, 4], links))  # by face, best score first
-        best = np.sort(best[np.r_[True, links[best][1:] != links[best][:-1]]]) if len(best) \
-            else best
-        return self._filter(found[best, :4], found[best, 4], marks[best], w, h,
-                            links[best].astype(np.int32))
+        faces = self._filter(found[:, :4], found[:, 4], marks / np.array([sx, sy], np.float32),
+                             w, h)
+        links = np.full(len(faces), -1, np.int32)
+        overlap = box_iou(faces.boxes, boxes)
+        for flat in np.argsort(-overlap, axis=None, kind="stable"):
+            i, j = divmod(int(flat), overlap.shape[1])
+            if overlap[i, j] < MIN_LINK_IOU:
+                break
+            if links[i] < 0 and j not in links:
+                links[i] = j
+        keep = links >= 0
+        return Faces(faces.boxes[keep], faces.scores[keep], faces.landmarks[keep],
+                     links=links[keep])
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
         return self._auto(image, is_image, self._detect_same_size([image])[0])
@@ -239,23 +246,3 @@ class Detector:
             links = links[top] if links is not None else None
         return Faces(boxes, scores, landmarks, links=links)
 
-    def _retry(self, image: np.ndarray) -> Faces:
-        """--detector auto, for an image with no face: detect on padded copies, then fall
-        back to the whole image if it is small (likely a pre-cropped face)."""
-        o = self.options
-        h, w = image.shape[:2]
-        for pad in o.pads:
-            py, px = int(round(h * pad)), int(round(w * pad))
-            padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
-            padded[py : py + h, px : px + w] = image
-            faces = self.detect([padded])[0]
-            if len(faces):
-                faces.boxes -= np.array([px, py, px, py], np.float32)
-                faces.landmarks -= np.array([px, py], np.float32)
-                faces.boxes[:, [0, 2]] = faces.boxes[:, [0, 2]].clip(0, w)
-                faces.boxes[:, [1, 3]] = faces.boxes[:, [1, 3]].clip(0, h)
-                faces.source = "padded"
-                return faces
-        if max(h, w) <= o.whole_max_side:
-            return Faces.whole(w, h)
-        return Faces.empty()

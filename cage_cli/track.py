@@ -68,7 +68,7 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
     for i in np.flatnonzero(ids < 0):
         for t in free:
             box = _predict(t, timestamp)
-            overlap = _iou(boxes[i], box)
+            overlap = float(box_iou(boxes[i], box)[0, 0])
             if overlap >= MIN_IOU:
                 pairs.append((overlap - LANDMARK_WEIGHT * _distance(landmarks[i], t, box),
                               int(i), t.id))
@@ -119,14 +119,15 @@ def _predict(t: Track, timestamp: float) -> list[float]:
     return [b + v * dt for b, v in zip(t.box, t.velocity, strict=True)]
 
 
-def _iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4): (N, M)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def _distance(landmarks: np.ndarray, t: Track, predicted: list[float]) -> float:
