@@ -4,12 +4,14 @@ Detection can run on a downscaled copy of each frame (``det_max_side``); boxes a
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
 
 Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th
-sampled frame), then each face found there is re-located frame by frame, near where it is
-predicted to be, by MTCNN's second and third networks only (``MTCNN.relocate``). A face
-whose score falls below the threshold ends there; new faces appear at the next keyframe.
-Each re-located face carries a *link* to the face of the previous frame it came from
-(cage_cli.track gives it that face's id). A chunk depends only on its own frames, so
-chunks are detected in parallel, and rows do not depend on how frames are grouped.
+sampled frame) and the K-1 sampled frames after it. Each face found on the keyframe is
+searched for again, frame by frame, by MTCNN in a window around where it is predicted to be
+(``MTCNN.near``: the boxes are those full detection gives). A face not found there has no row
+in that frame (no guessed boxes); it is searched for again in the chunk's next frames, from
+where it was last seen. New faces appear at the next keyframe. Each face found between
+keyframes carries a *link*: the index of the keyframe face it continues (cage_cli.track gives
+it that face's id). A chunk depends only on its own frames, so chunks are detected in
+parallel, and rows do not depend on how frames are grouped.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ DETECTORS = ("mtcnn", "auto", "none")
 #: Between keyframes, a face is searched for in its predicted box widened by this fraction of
 #: its size on each side.
 WINDOW = 0.5
-#: ...and a face found there continues the face whose predicted box it overlaps at least this
+#: ...and a face found there continues the keyframe face whose predicted box it overlaps at
+#: least this much
 MIN_LINK_IOU = 0.3
 
 
@@ -42,9 +45,12 @@ class Faces:
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
     source: str = "detected"  # detected | padded | whole_image
     track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
-    #: (K,) int32: the face of the previous frame each face was re-located from; -1 (or None
-    #: for all) where it was found by full detection
+    #: between keyframes: (K,) int32, the index of the keyframe face each face continues;
+    #: None on keyframes (full detection)
     links: np.ndarray | None = None
+    #: videos: the chunk's state after this frame: (N, 2, 4) float64, for each face of the
+    #: chunk's keyframe its last two boxes seen so far (NaN: not yet)
+    followed: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Faces:
@@ -99,55 +105,55 @@ class Detector:
         return self.submit(images, is_image).get()
 
     def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None,
-               keyframe: list[bool] | None = None, seed: list[Faces] = ()) -> Results:
+               keyframe: list[bool] | None = None, seed: Faces | None = None) -> Results:
         """Start detecting. ``keyframe`` marks the frames that get full detection (default:
-        all); each other frame re-locates the faces of the frame before it. ``seed``: the
-        faces of the (at most two) frames before ``images[0]`` in its chunk, when that chunk
-        began in an earlier call. On the CPU each chunk goes to the worker pool as one task,
-        so the caller can do other work meanwhile; on an accelerator they are detected now."""
+        all); each other frame continues the chunk of the frame before it. ``seed``: the faces
+        of the frame before ``images[0]`` when its chunk began in an earlier call. On the CPU
+        each chunk goes to the worker pool as one task, so the caller can do other work
+        meanwhile; on an accelerator they are detected now."""
         flags = is_image if is_image is not None else [True] * len(images)
         if self.options.detector == "none" or not images:
             return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
         keys = keyframe if keyframe is not None else [True] * len(images)
         starts = [i for i, k in enumerate(keys) if k or i == 0] + [len(images)]
-        chunks = [(images[a:b], flags[a:b], keys[a], [] if keys[a] else list(seed))
+        chunks = [(images[a:b], flags[a:b], keys[a], None if keys[a] else seed)
                   for a, b in zip(starts, starts[1:], strict=False)]
         if self.device.type == "cpu":
             return Results.map(self._pool, self._chunk, *zip(*chunks, strict=True), flat=True)
         firsts = [a for a in starts[:-1] if keys[a]]
         detected = dict(zip(firsts, self.detect([images[i] for i in firsts]), strict=True))
         out: list[Faces] = []
-        for a, (ims, fl, key, history) in zip(starts[:-1], chunks, strict=True):
+        for a, (ims, fl, key, before) in zip(starts[:-1], chunks, strict=True):
             first = self._auto(ims[0], fl[0], detected[a]) if key else None
-            out += self._chunk(ims, fl, key, history, first)
+            out += self._chunk(ims, fl, key, before, first)
         return Results(out)
 
     def _chunk(self, images: list[np.ndarray], is_image: list[bool], keyframe: bool,
-               history: list[Faces], first: Faces | None = None) -> list[Faces]:
+               before: Faces | None, first: Faces | None = None) -> list[Faces]:
         """Faces of consecutive frames of one chunk: the first detected in full if it is the
-        keyframe (or given as ``first``), the others re-located from the frame before."""
+        keyframe (or given as ``first``), the others followed on from ``before``."""
         out: list[Faces] = []
+        followed = before.followed if before is not None else None
         for i, image in enumerate(images):
             if i == 0 and keyframe:
                 faces = first if first is not None else self._one(image, is_image[0])
+                faces.followed = np.stack([faces.boxes.astype(np.float64),
+                                           np.full((len(faces), 4), np.nan)], axis=1)
             else:
-                faces = self.relocate(image, history)
+                faces = self.relocate(image, followed)
             out.append(faces)
-            history = [*history, faces][-2:]
+            followed = faces.followed
         return out
 
-    def relocate(self, image: np.ndarray, history: list[Faces]) -> Faces:
-        """The faces of ``history[-1]`` (the previous frame) found again in ``image``: MTCNN
-        in a window around each face's box, moved as it moved from ``history[-2]`` (if
-        given). Each face found is linked to the face whose predicted box it overlaps most;
-        faces linked to none are left for the next keyframe."""
-        prev = history[-1] if history else Faces.empty()
-        if not len(prev):
+    def relocate(self, image: np.ndarray, followed: np.ndarray | None) -> Faces:
+        """The chunk's keyframe faces found again in ``image``: MTCNN in a window around each
+        face's predicted box (its last box, moved as it moved between its last two). Each
+        face found is linked to the keyframe face whose predicted box it overlaps most; faces
+        linked to none are left for the next keyframe."""
+        if followed is None or not len(followed):
             return Faces.empty()
-        boxes = prev.boxes.astype(np.float64)
-        if len(history) == 2 and prev.links is not None:
-            before, ok = history[0].boxes, prev.links >= 0
-            boxes[ok] += boxes[ok] - before[prev.links[ok]]
+        last, before = followed[:, 0], followed[:, 1]
+        boxes = np.where(np.isnan(before), last, 2 * last - before)
         h, w = image.shape[:2]
         (small,), sx, sy, min_face = self._scaled([image])
         size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None]
@@ -166,8 +172,11 @@ class Detector:
             if links[i] < 0 and j not in links:
                 links[i] = j
         keep = links >= 0
+        followed = followed.copy()
+        followed[links[keep], 1] = last[links[keep]]
+        followed[links[keep], 0] = faces.boxes[keep]
         return Faces(faces.boxes[keep], faces.scores[keep], faces.landmarks[keep],
-                     links=links[keep])
+                     links=links[keep], followed=followed)
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
         return self._auto(image, is_image, self._detect_same_size([image])[0])

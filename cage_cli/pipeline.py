@@ -216,12 +216,10 @@ class Pipeline:
         first frames then continue from the last faces of the ``previous`` group, whose
         detection is finished by now (``run`` classifies it first)."""
         fr = [x for x in group if isinstance(x, Frame)]
-        seed: list[Faces] = []
-        if fr and not self._keyframe(fr[0]) and previous is not None:
-            chunk = self._chunk(fr[0])
-            before = [(f, d) for f, d in zip(previous.frames, previous.faces.get(), strict=True)
-                      if self._chunk(f) == chunk]
-            seed = [d for _, d in before[-2:]]
+        seed = None
+        if fr and not self._keyframe(fr[0]) and previous is not None and previous.frames \
+                and self._chunk(previous.frames[-1]) == self._chunk(fr[0]):
+            seed = previous.faces.get()[-1]
         faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr],
                                      [self._keyframe(f) for f in fr], seed)
         return _Job(group, fr, faces, n_bytes)

@@ -1,14 +1,14 @@
 """Faces in a video as tracks: one ``track_id`` per person, numbered 0, 1, ... per video in
 order of first appearance. A pure function of (state, one frame's faces); no video needed.
 
-Two kinds of faces arrive (cage_cli.detect): faces re-located from a face of the previous
-frame carry a *link* to it and inherit its id; faces found by full detection (keyframes) are
-associated with the live tracks by box overlap (IoU) with each track's predicted box (constant
-velocity from its last two sightings), the distance of the landmarks breaking near ties, greedily,
-best pair first. A face that matches no track starts a new one. A track unseen for more than
-``gap`` seconds of video time is dead: a face after that gets a new id. Faces are not matched
-by appearance (no face embedding), so a person who leaves for longer than the gap comes back
-under a new id.
+Two kinds of frames arrive (cage_cli.detect). On a keyframe, faces come from full detection
+and are associated with the live tracks by box overlap (IoU) with each track's predicted box
+(constant velocity from its last two sightings), the distance of the landmarks breaking near
+ties, greedily, best pair first; a face that matches no track starts a new one. Between
+keyframes, each face carries a *link* to the keyframe face it was followed from, and takes
+that face's id. A track unseen for more than ``gap`` seconds of video time is dead: a face
+after that gets a new id. Faces are not matched by appearance (no face embedding), so a
+person who leaves for longer than the gap comes back under a new id.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.
@@ -46,26 +46,26 @@ class TrackState:
     gap: float = 1.0  # seconds of video time a track may go unseen
     next_id: int = 0
     tracks: list[Track] = field(default_factory=list)
-    previous: list[int] = field(default_factory=list)  # ids of the last frame's faces
+    keyframe: list[int] = field(default_factory=list)  # ids of the last keyframe's faces
 
 
 def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np.ndarray,
            links: np.ndarray | None = None) -> tuple[TrackState, np.ndarray]:
     """Ids (K,) int32 for one frame's faces: ``boxes`` (K, 4), ``landmarks`` (K, 5, 2) and
-    ``links`` (K,): the index of the face in the previous frame this face was re-located
-    from, -1 (or None for all) for a fresh detection. ``state`` is updated in place."""
+    ``links``: None on a keyframe; between keyframes (K,), the index of the keyframe face
+    each face was followed from. ``state`` is updated in place."""
     state.tracks = [t for t in state.tracks if timestamp - t.time <= state.gap]
     live = {t.id: t for t in state.tracks}
     n = len(boxes)
     ids = np.full(n, -1, np.int32)
-    if links is not None:  # a re-located face is the person it was re-located from
+    if links is not None:  # a followed face is the person it was followed from
         for i, link in enumerate(links):
-            if 0 <= link < len(state.previous) and state.previous[link] in live and \
-                    state.previous[link] not in ids:
-                ids[i] = state.previous[link]
+            tid = state.keyframe[link] if 0 <= link < len(state.keyframe) else -1
+            if tid in live and tid not in ids:
+                ids[i] = tid
     free = [t for t in state.tracks if t.id not in ids]
     pairs = []
-    for i in np.flatnonzero(ids < 0):
+    for i in np.flatnonzero(ids < 0) if links is None else []:
         for t in free:
             box = _predict(t, timestamp)
             overlap = float(box_iou(boxes[i], box)[0, 0])
@@ -80,6 +80,8 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
     for i in np.flatnonzero(ids < 0):
         ids[i] = state.next_id
         state.next_id += 1
+        if links is not None and 0 <= links[i] < len(state.keyframe):
+            state.keyframe[links[i]] = int(ids[i])  # its next frames continue the new id
     for i, tid in enumerate(ids.tolist()):
         box = [float(v) for v in boxes[i]]
         marks = [float(v) for v in np.asarray(landmarks[i], np.float64).reshape(-1)]
@@ -91,7 +93,8 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
         if dt > 0:
             t.velocity = [(a - b) / dt for a, b in zip(box, t.box, strict=True)]
         t.time, t.box, t.landmarks = timestamp, box, marks
-    state.previous = ids.tolist()
+    if links is None:
+        state.keyframe = ids.tolist()
     return state, ids
 
 

@@ -61,13 +61,19 @@ def test_crossing_faces_keep_their_ids() -> None:
     assert s.next_id == 2
 
 
-def test_links_carry_ids_and_fresh_faces_match_by_motion() -> None:
-    s = track.TrackState()
-    assert step(s, 0.0, [[0, 0, 40, 40], [100, 0, 140, 40]]) == [0, 1]
-    # Re-located faces (links into the previous frame's faces) inherit, whatever the boxes.
+def test_links_carry_ids_and_keyframe_faces_match_by_motion() -> None:
+    s = track.TrackState(gap=1.0)
+    assert step(s, 0.0, [[0, 0, 40, 40], [100, 0, 140, 40]]) == [0, 1]  # a keyframe
+    # Followed faces (links: indices of the keyframe's faces) inherit, whatever the boxes.
     assert step(s, 0.1, [[100, 0, 140, 40], [10, 0, 50, 40]], links=[1, 0]) == [1, 0]
-    # A keyframe: no links; the face moving right is predicted at 20 px.
-    assert step(s, 0.2, [[21, 0, 61, 40]], links=[-1]) == [0]
+    assert step(s, 0.2, [[20, 0, 60, 40]], links=[0]) == [0]  # face 1 not found: no row
+    # The next keyframe: the face moving right is predicted at 30 px, the other one still
+    # where it was last seen.
+    assert step(s, 0.3, [[101, 0, 141, 40], [31, 0, 71, 40]]) == [1, 0]
+    # A followed face whose track has been unseen for longer than the gap starts a new id,
+    # and keeps it for the rest of its chunk.
+    assert step(s, 1.5, [[30, 0, 70, 40]], links=[1]) == [2]
+    assert step(s, 1.6, [[32, 0, 72, 40]], links=[1]) == [2]
 
 
 def test_smooth_is_a_causal_moving_average() -> None:
