@@ -179,7 +179,9 @@ def test_output_not_writable(tmp_path: Path) -> None:
 def test_same_inputs_same_rows(media: Path, reference: pa.Table, tmp_path: Path) -> None:
     out = tmp_path / "again.parquet"
     assert cage("annotate", media, "-o", out, *SAMPLING).exit_code == 0
-    assert read(out).equals(reference)
+    # Boxes, track ids and labels exactly; probabilities to the classifier's batch rounding
+    # (how frames fall into groups depends on timing; docs/performance.md).
+    assert_same_rows(read(out), reference)
 
 
 # --- bad input corpus, generated here ---------------------------------------------------
