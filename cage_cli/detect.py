@@ -255,3 +255,24 @@ class Detector:
             links = links[top] if links is not None else None
         return Faces(boxes, scores, landmarks, links=links)
 
+
+    def _retry(self, image: np.ndarray) -> Faces:
+        """--detector auto, for an image with no face: detect on padded copies, then fall
+        back to the whole image if it is small (likely a pre-cropped face)."""
+        o = self.options
+        h, w = image.shape[:2]
+        for pad in o.pads:
+            py, px = int(round(h * pad)), int(round(w * pad))
+            padded = np.zeros((h + 2 * py, w + 2 * px, 3), np.uint8)
+            padded[py : py + h, px : px + w] = image
+            faces = self.detect([padded])[0]
+            if len(faces):
+                faces.boxes -= np.array([px, py, px, py], np.float32)
+                faces.landmarks -= np.array([px, py], np.float32)
+                faces.boxes[:, [0, 2]] = faces.boxes[:, [0, 2]].clip(0, w)
+                faces.boxes[:, [1, 3]] = faces.boxes[:, [1, 3]].clip(0, h)
+                faces.source = "padded"
+                return faces
+        if max(h, w) <= o.whole_max_side:
+            return Faces.whole(w, h)
+        return Faces.empty()
