@@ -150,7 +150,7 @@ class RayPipeline:
     """The driver: ``run(files, folder, info)`` yields :class:`Counted` pieces as tasks go.
 
     Has the :class:`Pipeline` attributes ``annotate_to`` uses: ``model`` (loaded on the CPU
-    here, for its checksum and to fail early on a bad model) and ``stop``.
+    here, for its checksum and to fail early on a bad model), ``stop`` and ``close``.
     """
 
     def __init__(self, options: AnnotateOptions, run: RunOptions, ray_options: RayOptions):
@@ -159,6 +159,10 @@ class RayPipeline:
         self.options, self.run_options, self.ray_options = options, run, ray_options
         self.model = create_model(options.model, options.weights, "cpu", "fp32")
         self.stop = threading.Event()
+
+    def close(self) -> None:
+        """Stop handing out tasks (the tasks running finish or are retried on --resume)."""
+        self.stop.set()
 
     def _connect(self) -> bool:
         """Connect to the cluster (or start a local Ray); True if this call did."""
