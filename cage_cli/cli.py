@@ -445,12 +445,19 @@ def plot_cmd(
         help="Plot only this source (a path or file name from the annotations).")] = None,
     title: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Figure title (default: the annotations' file name).")] = None,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: timelines of the N longest tracks, one line "
+        "per track (0 = the mean over each frame's faces instead).")] = 5,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
-    the expression distribution and, per video, valence, arousal and the top class
-    probabilities over time."""
+    the expression distribution and, per video, valence and arousal over time: one line per
+    track (the --tracks longest) and each track's label, or for outputs without track ids
+    the mean over each frame's faces and the top class probabilities.
+
+    Example: `cage plot faces.parquet -o plot.png --source interview.mp4 --tracks 8`
+    """
     from . import plot as plots
     from .summary import VizError, load_annotations
 
@@ -462,8 +469,10 @@ def plot_cmd(
         if n_videos > most:
             err.print(f"cage: note: timelines for the first {most} of {n_videos} videos; "
                       "use --source to pick one", markup=False, highlight=False)
+        if tracks < 0:
+            raise VizError("--tracks must be 0 or more")
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
-                                 or Path(annotations).name)
+                                 or Path(annotations).name, tracks=tracks)
         plots.save_figure(fig, out)
     except VizError as e:
         fail(str(e), e.exit_code)
@@ -479,15 +488,25 @@ def summary_cmd(
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print JSON on stdout instead of tables.")] = False,
+        "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: list the N longest tracks of each "
+        "(0 = none).")] = 10,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
-    then the files that failed in the run (from the Parquet run metadata)."""
+    per video its tracks (one per person): frames, first and last time, dominant expression,
+    mean valence and arousal; then the files that failed in the run (from the Parquet run
+    metadata).
+
+    Example: `cage summary faces.parquet --tracks 20`
+    """
     import json
 
     from .summary import VizError, load_annotations, print_summary, summarize
 
+    if tracks < 0:
+        fail("--tracks must be 0 or more")
     try:
         table, info = load_annotations(annotations)
         result = summarize(table, info)
@@ -498,7 +517,8 @@ def summary_cmd(
     if json_out:
         typer.echo(json.dumps({"annotations": annotations, **result}, indent=2))
     else:
-        print_summary(result, Console(), title=f"cage summary: {annotations}")
+        print_summary(result, Console(), title=f"cage summary: {annotations}",
+                      max_tracks=tracks)
 
 
 # --- cage export (issue 9; code in export.py) ---------------------------------------------
@@ -537,6 +557,10 @@ def export_cmd(
     per_class: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="At most N faces per label (seeded random sample).",
         rich_help_panel="Selection")] = None,
+    per_track: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="N", help="Videos: at most N faces per track (person), the largest and "
+        "clearest ones that differ most in expression and time (docs/prelabel.md).",
+        rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
         rich_help_panel="Selection")] = None,
@@ -568,6 +592,9 @@ def export_cmd(
     `cage train` / `cage evaluate` read + a manifest), with machine labels to review.
     Walkthrough: docs/prelabel.md.
 
+    Example: `cage export faces.parquet -o ds --per-track 3 --review-csv review.csv`
+    (a few crops per person of each video, not every frame).
+
     Exit codes: 0 done, 1 some sources missing or unreadable (skipped), 2 usage error.
     """
     from . import export as ex
@@ -592,7 +619,8 @@ def export_cmd(
             manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
             min_confidence=min_confidence, max_confidence=max_confidence,
             classes=ex.parse_classes(classes) if classes is not None else None,
-            per_class=per_class, every_k_frames=every_k_frames, min_gap_s=min_gap_s,
+            per_class=per_class, per_track=per_track, every_k_frames=every_k_frames,
+            min_gap_s=min_gap_s,
             split=ex.parse_split(split) if split is not None else None, seed=seed,
             review_csv=review_csv, root=root, overwrite=overwrite)
         ex.check_options(opts)

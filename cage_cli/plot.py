@@ -26,8 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .schema import EXPRESSIONS
-from .summary import VizError, has_track_ids, longest_tracks, match_source, sources_of, \
-    track_stats
+from .summary import (
+    VizError,
+    has_track_ids,
+    longest_tracks,
+    match_source,
+    sources_of,
+    track_stats,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

@@ -62,8 +62,8 @@ VIDEO_OUT_EXTS = (".mp4", ".m4v")
 #: Audio codecs copied into the MP4 as they are; others are dropped (with a note).
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 
-_FACE_COLUMNS = ("frame_index", "face_index", "track_id", "x1", "y1", "x2", "y2", "label", "valence",
-                 "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
+_FACE_COLUMNS = ("frame_index", "face_index", "track_id", "x1", "y1", "x2", "y2", "label",
+                 "valence", "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
 
 
 def label_color_hex(label: str) -> str:
