@@ -99,22 +99,22 @@ def build_figure(table: pa.Table, title: str | None = None,
     faces = _faces(table)
     videos = video_sources(table)[:max_timelines]
     per_video = [faces.filter(pc.equal(faces.column("source"), s)) for s in videos]
-    tracked = [tracks > 0 and has_track_ids(rows) for rows in per_video]
+    stats = [track_stats(rows) if tracks > 0 and has_track_ids(rows) else None
+             for rows in per_video]
     heights = [5.2]
-    for rows, t in zip(per_video, tracked, strict=True):
+    for st in stats:
         heights.append(3.2)
-        if t:
-            shown = min(tracks, len(track_stats(rows)))
-            heights.append(0.9 + 0.32 * shown)
+        if st is not None:
+            heights.append(0.9 + 0.32 * min(tracks, len(st)))
     fig = Figure(figsize=(12, sum(heights)), layout="constrained")
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
     _circumplex(fig.add_subplot(grid[0, 0]), faces)
     _distribution(fig.add_subplot(grid[0, 1]), faces, _present_classes(faces))
     row = 1
-    for s, rows, t in zip(videos, per_video, tracked, strict=True):
-        if t:
+    for s, rows, st in zip(videos, per_video, stats, strict=True):
+        if st is not None:
             _track_timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]),
-                             fig.add_subplot(grid[row + 1, :]), rows, s, tracks)
+                             fig.add_subplot(grid[row + 1, :]), rows, s, st, tracks)
             row += 2
         else:
             _timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]), rows, s)
@@ -272,10 +272,11 @@ def _label_runs(t: np.ndarray, labels: np.ndarray, step: float) -> list[tuple[st
     return runs
 
 
-def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, n: int) -> None:
-    """Valence and arousal per track (one line each) and a label strip per track."""
+def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[dict],
+                     n: int) -> None:
+    """Valence and arousal (one line per track) and a label strip per track, for the ``n``
+    longest of the tracks in ``stats`` (:func:`track_stats` of ``rows``)."""
     name = Path(source).name
-    stats = track_stats(rows)
     shown = longest_tracks(stats, n)
     step = _step(np.asarray(rows.column("timestamp_s").to_pylist(), dtype=float))
     which = f"{len(shown)} longest of {len(stats)} tracks" if len(shown) < len(stats) \
@@ -288,8 +289,11 @@ def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, n: int) -> N
         for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
             ax.plot(series["t"], series[col], color=_track_color(tid), marker=marker, lw=1.3,
                     ms=4, label=f"#{tid} ({k['frames']} fr.)")
+        by_label: dict[str, list[tuple[float, float]]] = {}
         for label, start, width in _label_runs(series["t_raw"], series["label"], step):
-            ax_l.broken_barh([(start, width)], (lane - 0.4, 0.8), color=_color(label),
+            by_label.setdefault(label, []).append((start, width))
+        for label, spans in by_label.items():  # one bar collection per track and label
+            ax_l.broken_barh(spans, (lane - 0.4, 0.8), color=_color(label),
                              label=None if label in seen else label)
             seen.add(label)
     for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
