@@ -282,10 +282,10 @@ def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[
     which = f"{len(shown)} longest of {len(stats)} tracks" if len(shown) < len(stats) \
         else f"{len(stats)} track{'s' if len(stats) != 1 else ''}"
     seen: set[str] = set()
+    marker = "." if max((k["frames"] for k in shown), default=0) <= 80 else None
     for lane, k in enumerate(shown):
         tid = k["track_id"]
         series = _track_series(rows, tid, step)
-        marker = "." if len(series["t_raw"]) <= 80 else None
         for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
             ax.plot(series["t"], series[col], color=_track_color(tid), marker=marker, lw=1.3,
                     ms=4, label=f"#{tid} ({k['frames']} fr.)")

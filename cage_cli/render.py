@@ -51,10 +51,11 @@ LABEL_COLORS: dict[str, tuple[int, int, int]] = {
     "contempt": (141, 96, 70),
 }
 OTHER_COLOR = (255, 255, 255)
-#: Track colours (RGB), by ``track_id`` modulo their number; Tableau 10 with yellow for grey.
+#: Track colours (RGB), by ``track_id`` modulo their number; Tableau 10 with navy for grey
+#: (grey is the neutral label's colour).
 TRACK_COLORS: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (255, 230, 0), (188, 189, 34), (23, 190, 207),
+    (140, 86, 75), (227, 119, 194), (40, 40, 150), (188, 189, 34), (23, 190, 207),
 )
 #: Default hold time in seconds for unsampled video frames.
 DEFAULT_HOLD = 1.0
