@@ -81,6 +81,24 @@ def annotate(
         help="Detect on a copy downscaled to this longer side (0 = full resolution); boxes "
              "are mapped back and crops come from the full frame.",
         rich_help_panel="Detection")] = 960,
+    detect_every: Annotated[int, typer.Option(
+        metavar="K",
+        help="Videos: full face detection on every K-th sampled frame (a keyframe); on the "
+             "frames between, each face found there is followed near where it moved (a "
+             "cheaper search, which also ends a face that is gone). New faces appear at the "
+             "next keyframe. 1: detect every frame in full.",
+        rich_help_panel="Tracking")] = 5,
+    track_gap: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="Videos: a person unseen for longer than this (seconds of video time) gets a "
+             "new track_id when seen again. Keep it above the time between sampled frames.",
+        rich_help_panel="Tracking")] = 1.0,
+    smooth: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        metavar="SECONDS",
+        help="Videos: smooth each track's probabilities, valence and arousal over time (a "
+             "causal moving average with this time constant; the label follows). Default: "
+             "off, raw values.",
+        rich_help_panel="Tracking")] = None,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     batch_size: Annotated[int, typer.Option(
@@ -147,6 +165,12 @@ def annotate(
             fail(f"{name} must be at least 1")
     if fps is not None and fps <= 0:
         fail("--fps must be positive")
+    if detect_every < 1:
+        fail("--detect-every must be at least 1")
+    if track_gap < 0:
+        fail("--track-gap must not be negative")
+    if smooth is not None and smooth <= 0:
+        fail("--smooth must be positive")
     try:
         shard_ij = parse_shard(shard)
     except ValueError as e:
@@ -165,6 +189,9 @@ def annotate(
         detect=DetectOptions(detector=detector, threshold=det_threshold, min_face=min_face,
                              max_faces=max_faces, max_side=det_max_side or None),
         keep_empty=keep_empty,
+        detect_every=detect_every,
+        track_gap=track_gap,
+        smooth=smooth,
     )
     run = RunOptions(device=device, precision=precision, batch_size=batch_size,
                      frames_per_batch=frames_per_batch, threads=threads)
