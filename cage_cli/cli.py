@@ -671,18 +671,22 @@ def plot_cmd(
     title: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="TEXT", help="Figure title.",
         show_default="the annotations' or --source's file name")] = None,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: timelines of the N longest tracks, one line "
+        "per track (0 = the mean over each frame's faces instead).")] = 5,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
-    the expression distribution and, per video, valence, arousal and the top class
-    probabilities over time.
+    the expression distribution and, per video, valence and arousal over time: one line per
+    track (the --tracks longest) and each track's label, or for outputs without track ids
+    the mean over each frame's faces and the top class probabilities.
 
     Examples:
 
     ```
     cage plot faces.parquet                      # writes faces.png
-    cage plot faces.parquet --source short_clip.mp4 -o clip.svg
+    cage plot faces.parquet --source interview.mp4 --tracks 8 -o interview.svg
     ```
     """
     from . import plot as plots
@@ -699,8 +703,10 @@ def plot_cmd(
         if n_videos > most:
             err.print(f"cage: note: timelines for the first {most} of {n_videos} videos; "
                       "use --source to pick one", markup=False, highlight=False)
+        if tracks < 0:
+            raise VizError("--tracks must be 0 or more")
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
-                                 or Path(annotations).name)
+                                 or Path(annotations).name, tracks=tracks)
         plots.save_figure(fig, out)
         if chosen:
             err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -719,16 +725,22 @@ def summary_cmd(
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print JSON on stdout instead of tables.")] = False,
+        "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: list the N longest tracks of each "
+        "(0 = none).")] = 10,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
-    then the files that failed in the run (from the Parquet run metadata).
+    per video its tracks (one per person): frames, first and last time, dominant expression,
+    mean valence and arousal; then the files that failed in the run (from the Parquet run
+    metadata).
 
     Examples:
 
     ```
     cage summary faces.parquet
+    cage summary faces.parquet --tracks 20
     cage summary out_dir/ --json | jq '.sources'
     ```
     """
@@ -736,6 +748,8 @@ def summary_cmd(
 
     from .summary import VizError, load_annotations, print_summary, summarize
 
+    if tracks < 0:
+        fail("--tracks must be 0 or more")
     try:
         table, info = load_annotations(annotations)
         result = summarize(table, info)
@@ -746,7 +760,8 @@ def summary_cmd(
     if json_out:
         typer.echo(json.dumps({"annotations": annotations, **result}, indent=2))
     else:
-        print_summary(result, Console(), title=f"cage summary: {annotations}")
+        print_summary(result, Console(), title=f"cage summary: {annotations}",
+                      max_tracks=tracks)
 
 
 # --- cage export (issue 9; code in export.py) ---------------------------------------------
@@ -793,6 +808,10 @@ def export_cmd(
     per_class: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="N", help="At most N faces per label (seeded random sample).",
         show_default="all", rich_help_panel="Selection")] = None,
+    per_track: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="N", help="Videos: at most N faces per track (person), the largest and "
+        "clearest ones that differ most in expression and time (docs/prelabel.md).",
+        show_default="all", rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="K",
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
@@ -837,6 +856,7 @@ def export_cmd(
     cage export faces.parquet                    # into faces_dataset/
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
+    cage export faces.parquet -o people/ --per-track 3    # a few crops per person
     cage export review/ --apply-review review.csv
     ```
     """
@@ -862,7 +882,8 @@ def export_cmd(
             manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
             min_confidence=min_confidence, max_confidence=max_confidence,
             classes=ex.parse_classes(classes) if classes is not None else None,
-            per_class=per_class, every_k_frames=every_k_frames, min_gap_s=min_gap_s,
+            per_class=per_class, per_track=per_track, every_k_frames=every_k_frames,
+            min_gap_s=min_gap_s,
             split=ex.parse_split(split) if split is not None else None, seed=seed,
             review_csv=review_csv, root=root, overwrite=overwrite)
         ex.check_options(opts)
