@@ -169,6 +169,24 @@ def annotate(
         help="Detect on a copy downscaled to this longer side (0 = full resolution); boxes "
              "are mapped back and crops come from the full frame.",
         rich_help_panel="Detection")] = 960,
+    detect_every: Annotated[int, typer.Option(
+        metavar="K",
+        help="Videos: full face detection on every K-th sampled frame (a keyframe); on the "
+             "frames between, each face found there is followed near where it moved (a "
+             "cheaper search, which also ends a face that is gone). New faces appear at the "
+             "next keyframe. 1: detect every frame in full.",
+        rich_help_panel="Tracking")] = 5,
+    track_gap: Annotated[float, typer.Option(
+        metavar="SECONDS",
+        help="Videos: a person unseen for longer than this (seconds of video time) gets a "
+             "new track_id when seen again. Keep it above the time between sampled frames.",
+        rich_help_panel="Tracking")] = 1.0,
+    smooth: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        metavar="SECONDS",
+        help="Videos: smooth each track's probabilities, valence and arousal over time (a "
+             "causal moving average with this time constant; the label follows). Default: "
+             "off, raw values.",
+        rich_help_panel="Tracking")] = None,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     max_pixels: Annotated[int, typer.Option(
@@ -206,6 +224,14 @@ def annotate(
     errors: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE", help="Append one JSON line per failed file to this file.",
         rich_help_panel="Runs")] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on a Ray cluster (--ray-address, $RAY_ADDRESS, or a local Ray). "
+                      "Inputs and output must be at the same path on every node. "
+                      "docs/scaling.md.", rich_help_panel="Runs")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="ADDRESS", show_default="$RAY_ADDRESS, else a local Ray",
+        help="Ray cluster to connect to, e.g. ray://head:10001 (implies --ray).",
+        rich_help_panel="Runs")] = None,
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -228,6 +254,7 @@ def annotate(
     cage annotate big_collection/ -o out_dir/ --resume
     ```
     """
+    from .cluster import INSTALL_HINT, RayOptions, have_ray
     from .decode import Sampling
     from .detect import DETECTORS
     from .inputs import discover, parse_shard, read_list
@@ -255,10 +282,19 @@ def annotate(
         fail("--fps must be positive")
     if max_pixels < 1:
         fail("--max-pixels must be at least 1")
+    if detect_every < 1:
+        fail("--detect-every must be at least 1")
+    if track_gap < 0:
+        fail("--track-gap must not be negative")
+    if smooth is not None and smooth <= 0:
+        fail("--smooth must be positive")
     try:
         shard_ij = parse_shard(shard)
     except ValueError as e:
         fail(str(e))
+    ray = ray or ray_address is not None
+    if ray and not have_ray():
+        fail(INSTALL_HINT)
     found = discover(paths)
     if not found.files:
         for path, reason in found.errors:
@@ -274,6 +310,9 @@ def annotate(
         detect=DetectOptions(detector=detector, threshold=det_threshold, min_face=min_face,
                              max_faces=max_faces, max_side=det_max_side or None),
         keep_empty=keep_empty,
+        detect_every=detect_every,
+        track_gap=track_gap,
+        smooth=smooth,
     )
     run = RunOptions(device=device, precision=precision, batch_size=batch_size,
                      frames_per_batch=frames_per_batch, threads=threads)
@@ -286,6 +325,7 @@ def annotate(
                 shard=shard_ij, errors_file=errors, found=found,
                 on_start=progress.start, on_result=progress.update,
                 log=progress.log, part_seconds=part_seconds,
+                ray=RayOptions(address=ray_address) if ray else None,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))
@@ -631,18 +671,22 @@ def plot_cmd(
     title: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="TEXT", help="Figure title.",
         show_default="the annotations' or --source's file name")] = None,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: timelines of the N longest tracks, one line "
+        "per track (0 = the mean over each frame's faces instead).")] = 5,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
-    the expression distribution and, per video, valence, arousal and the top class
-    probabilities over time.
+    the expression distribution and, per video, valence and arousal over time: one line per
+    track (the --tracks longest) and each track's label, or for outputs without track ids
+    the mean over each frame's faces and the top class probabilities.
 
     Examples:
 
     ```
     cage plot faces.parquet                      # writes faces.png
-    cage plot faces.parquet --source short_clip.mp4 -o clip.svg
+    cage plot faces.parquet --source interview.mp4 --tracks 8 -o interview.svg
     ```
     """
     from . import plot as plots
@@ -659,8 +703,10 @@ def plot_cmd(
         if n_videos > most:
             err.print(f"cage: note: timelines for the first {most} of {n_videos} videos; "
                       "use --source to pick one", markup=False, highlight=False)
+        if tracks < 0:
+            raise VizError("--tracks must be 0 or more")
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
-                                 or Path(annotations).name)
+                                 or Path(annotations).name, tracks=tracks)
         plots.save_figure(fig, out)
         if chosen:
             err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -679,16 +725,22 @@ def summary_cmd(
         help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
         show_default=False)],
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print JSON on stdout instead of tables.")] = False,
+        "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
+    tracks: Annotated[int, typer.Option(
+        metavar="N", help="Videos with track ids: list the N longest tracks of each "
+        "(0 = none).")] = 10,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
-    then the files that failed in the run (from the Parquet run metadata).
+    per video its tracks (one per person): frames, first and last time, dominant expression,
+    mean valence and arousal; then the files that failed in the run (from the Parquet run
+    metadata).
 
     Examples:
 
     ```
     cage summary faces.parquet
+    cage summary faces.parquet --tracks 20
     cage summary out_dir/ --json | jq '.sources'
     ```
     """
@@ -696,6 +748,8 @@ def summary_cmd(
 
     from .summary import VizError, load_annotations, print_summary, summarize
 
+    if tracks < 0:
+        fail("--tracks must be 0 or more")
     try:
         table, info = load_annotations(annotations)
         result = summarize(table, info)
@@ -706,7 +760,8 @@ def summary_cmd(
     if json_out:
         typer.echo(json.dumps({"annotations": annotations, **result}, indent=2))
     else:
-        print_summary(result, Console(), title=f"cage summary: {annotations}")
+        print_summary(result, Console(), title=f"cage summary: {annotations}",
+                      max_tracks=tracks)
 
 
 # --- cage export (issue 9; code in export.py) ---------------------------------------------
@@ -753,6 +808,10 @@ def export_cmd(
     per_class: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="N", help="At most N faces per label (seeded random sample).",
         show_default="all", rich_help_panel="Selection")] = None,
+    per_track: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="N", help="Videos: at most N faces per track (person), the largest and "
+        "clearest ones that differ most in expression and time (docs/prelabel.md).",
+        show_default="all", rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="K",
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
@@ -797,6 +856,7 @@ def export_cmd(
     cage export faces.parquet                    # into faces_dataset/
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
+    cage export faces.parquet -o people/ --per-track 3    # a few crops per person
     cage export review/ --apply-review review.csv
     ```
     """
@@ -822,7 +882,8 @@ def export_cmd(
             manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
             min_confidence=min_confidence, max_confidence=max_confidence,
             classes=ex.parse_classes(classes) if classes is not None else None,
-            per_class=per_class, every_k_frames=every_k_frames, min_gap_s=min_gap_s,
+            per_class=per_class, per_track=per_track, every_k_frames=every_k_frames,
+            min_gap_s=min_gap_s,
             split=ex.parse_split(split) if split is not None else None, seed=seed,
             review_csv=review_csv, root=root, overwrite=overwrite)
         ex.check_options(opts)

@@ -45,6 +45,7 @@ class Frame:
     index: int
     timestamp: float | None  # seconds from the video's own timestamps; None for images
     image: np.ndarray  # (H, W, 3) uint8 RGB
+    position: int = 0  # videos: 0, 1, ... over the sampled frames (cage_cli.detect's chunks)
 
 
 def frames(file: MediaFile, sampling: Sampling = Sampling()) -> Iterator[Frame]:
@@ -250,7 +251,7 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
                 while j < len(wanted) and wanted[j] < i:  # not in the stream: skip
                     j += 1
                 if j < len(wanted) and wanted[j] == i:
-                    yield Frame(path, "video", i, float(timestamps[i]), _upright(frame))
+                    yield Frame(path, "video", i, float(timestamps[i]), _upright(frame), j)
                     j += 1
                 if can_seek and j < len(wanted) and keyframe_before(wanted[j]) > max(i + 1,
                                                                                     sought):

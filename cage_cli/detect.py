@@ -2,6 +2,16 @@
 
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
+
+Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th
+sampled frame) and the K-1 sampled frames after it. Each face found on the keyframe is
+searched for again, frame by frame, by MTCNN in a window around where it is predicted to be
+(``MTCNN.near``: the boxes are those full detection gives). A face not found there has no row
+in that frame (no guessed boxes); it is searched for again in the chunk's next frames, from
+where it was last seen. New faces appear at the next keyframe. Each face found between
+keyframes carries a *link*: the index of the keyframe face it continues (cage_cli.track gives
+it that face's id). A chunk depends only on its own frames, so chunks are detected in
+parallel, and rows do not depend on how frames are grouped.
 """
 
 from __future__ import annotations
@@ -13,12 +23,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from cage_cli.track import box_iou
 from cage_cli.workers import Results
 
 if TYPE_CHECKING:  # pragma: no cover - torch loads when a Detector is built, not for --help
     import torch
 
 DETECTORS = ("mtcnn", "auto", "none")
+#: Between keyframes, a face is searched for in its predicted box widened by this fraction of
+#: its size on each side.
+WINDOW = 0.5
+#: ...and a face found there continues the keyframe face whose predicted box it overlaps at
+#: least this much
+MIN_LINK_IOU = 0.3
 
 
 @dataclass
@@ -31,6 +48,12 @@ class Faces:
     source: str = "detected"  # detected | padded | whole_image
     track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
     error: str | None = None  # why detection failed on this frame (then there are no faces)
+    #: between keyframes: (K,) int32, the index of the keyframe face each face continues;
+    #: None on keyframes (full detection)
+    links: np.ndarray | None = None
+    #: videos: the chunk's state after this frame: (N, 2, 4) float64, for each face of the
+    #: chunk's keyframe its last two boxes seen so far (NaN: not yet)
+    followed: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Faces:
@@ -120,20 +143,82 @@ class Detector:
         """Faces of each frame; ``is_image`` marks photos (--detector auto retries those)."""
         return self.submit(images, is_image).get()
 
-    def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None) -> Results:
-        """Start detecting. On the CPU the frames go to the worker pool, one per task, so
-        the caller can do other work meanwhile; on an accelerator they are detected now."""
+    def submit(self, images: list[np.ndarray], is_image: list[bool] | None = None,
+               keyframe: list[bool] | None = None, seed: Faces | None = None) -> Results:
+        """Start detecting. ``keyframe`` marks the frames that get full detection (default:
+        all); each other frame continues the chunk of the frame before it. ``seed``: the faces
+        of the frame before ``images[0]`` when its chunk began in an earlier call. On the CPU
+        each chunk goes to the worker pool as one task, so the caller can do other work
+        meanwhile; on an accelerator they are detected now."""
         flags = is_image if is_image is not None else [True] * len(images)
-        if self.options.detector == "none":
+        if self.options.detector == "none" or not images:
             return Results([Faces.whole(im.shape[1], im.shape[0]) for im in images])
+        keys = keyframe if keyframe is not None else [True] * len(images)
+        starts = [i for i, k in enumerate(keys) if k or i == 0] + [len(images)]
+        chunks = [(images[a:b], flags[a:b], keys[a], None if keys[a] else seed)
+                  for a, b in zip(starts, starts[1:], strict=False)]
         if self.device.type == "cpu":
-            return Results.map(self._pool, self._one, images, flags)
-        faces: list[Faces | None] = [None] * len(images)
-        for kind in set(flags):
-            idx = [i for i, f in enumerate(flags) if f == kind]
-            for i, d in zip(idx, self.detect([images[i] for i in idx], kind), strict=True):
-                faces[i] = self._auto(images[i], kind, d)
-        return Results(faces)
+            return Results.map(self._pool, self._chunk, *zip(*chunks, strict=True), flat=True)
+        firsts = [a for a in starts[:-1] if keys[a]]
+        detected: dict[int, Faces] = {}
+        for kind in {flags[a] for a in firsts}:  # photos and video frames scale differently
+            idx = [a for a in firsts if flags[a] == kind]
+            detected.update(zip(idx, self.detect([images[a] for a in idx], kind), strict=True))
+        out: list[Faces] = []
+        for a, (ims, fl, key, before) in zip(starts[:-1], chunks, strict=True):
+            first = self._auto(ims[0], fl[0], detected[a]) if key else None
+            out += self._chunk(ims, fl, key, before, first)
+        return Results(out)
+
+    def _chunk(self, images: list[np.ndarray], is_image: list[bool], keyframe: bool,
+               before: Faces | None, first: Faces | None = None) -> list[Faces]:
+        """Faces of consecutive frames of one chunk: the first detected in full if it is the
+        keyframe (or given as ``first``), the others followed on from ``before``."""
+        out: list[Faces] = []
+        followed = before.followed if before is not None else None
+        for i, image in enumerate(images):
+            if i == 0 and keyframe:
+                faces = first if first is not None else self._one(image, is_image[0])
+                faces.followed = np.stack([faces.boxes.astype(np.float64),
+                                           np.full((len(faces), 4), np.nan)], axis=1)
+            else:
+                faces = self.relocate(image, followed)
+            out.append(faces)
+            followed = faces.followed
+        return out
+
+    def relocate(self, image: np.ndarray, followed: np.ndarray | None) -> Faces:
+        """The chunk's keyframe faces found again in ``image``: MTCNN in a window around each
+        face's predicted box (its last box, moved as it moved between its last two). Each
+        face found is linked to the keyframe face whose predicted box it overlaps most; faces
+        linked to none are left for the next keyframe."""
+        if followed is None or not len(followed):
+            return Faces.empty()
+        last, before = followed[:, 0], followed[:, 1]
+        boxes = np.where(np.isnan(before), last, 2 * last - before)
+        h, w = image.shape[:2]
+        (small,), sx, sy, min_face = self._scaled([image])
+        size = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None]
+        windows = np.hstack([boxes[:, :2] - WINDOW * size, boxes[:, 2:] + WINDOW * size])
+        found, marks = self.mtcnn.near(small, windows * [sx, sy, sx, sy], min_face,
+                                       float(size.max()) * max(sx, sy))
+        found = found / np.array([sx, sy] * 2 + [1], np.float32)
+        faces = self._filter(found[:, :4], found[:, 4], marks / np.array([sx, sy], np.float32),
+                             w, h)
+        links = np.full(len(faces), -1, np.int32)
+        overlap = box_iou(faces.boxes, boxes)
+        for flat in np.argsort(-overlap, axis=None, kind="stable"):
+            i, j = divmod(int(flat), overlap.shape[1])
+            if overlap[i, j] < MIN_LINK_IOU:
+                break
+            if links[i] < 0 and j not in links:
+                links[i] = j
+        keep = links >= 0
+        followed = followed.copy()
+        followed[links[keep], 1] = last[links[keep]]
+        followed[links[keep], 0] = faces.boxes[keep]
+        return Faces(faces.boxes[keep], faces.scores[keep], faces.landmarks[keep],
+                     links=links[keep], followed=followed)
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:
         try:
@@ -178,7 +263,10 @@ class Detector:
         floor = (o.floor_px_photo if is_image else o.floor_px_video) / o.face_floor
         return min(1.0, max(o.max_side / max(width, height), floor))
 
-    def _detect_same_size(self, images: list[np.ndarray], is_image: bool = False) -> list[Faces]:
+    def _scaled(self, images: list[np.ndarray], is_image: bool = False
+                ) -> tuple[list[np.ndarray], float, float, int]:
+        """Frames of one size as detection sees them (downscaled, ``scale``), the scale in x
+        and y, and the smallest face in detection pixels."""
         o = self.options
         h, w = images[0].shape[:2]
         scale = self.scale(w, h, is_image)
@@ -189,7 +277,11 @@ class Detector:
         else:
             scale_x = scale_y = 1.0
         # MTCNN's pyramid starts at min_face (in detection pixels): smaller is slower.
-        min_face = max(12, int(o.min_face * min(scale_x, scale_y)))
+        return images, scale_x, scale_y, max(12, int(o.min_face * min(scale_x, scale_y)))
+
+    def _detect_same_size(self, images: list[np.ndarray], is_image: bool = False) -> list[Faces]:
+        h, w = images[0].shape[:2]
+        images, scale_x, scale_y, min_face = self._scaled(images, is_image)
         result = []
         for b, lm in self.mtcnn(np.stack(images), min_face):
             b = b / np.array([scale_x, scale_y] * 2 + [1], np.float32)
@@ -198,19 +290,24 @@ class Detector:
         return result
 
     def _filter(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray,
-                width: int, height: int) -> Faces:
+                width: int, height: int, links: np.ndarray | None = None) -> Faces:
+        """The faces kept: threshold, smallest face, ``max_faces`` largest; ``links`` (one
+        per box) are kept with their faces."""
         o = self.options
         boxes = boxes.copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         keep = (scores >= o.threshold) & (side >= o.min_face)
+        links = links[keep] if links is not None else None
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
         if o.max_faces is not None and len(boxes) > o.max_faces:
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             top = np.sort(np.argsort(-area, kind="stable")[: o.max_faces])
             boxes, scores, landmarks = boxes[top], scores[top], landmarks[top]
-        return Faces(boxes, scores, landmarks)
+            links = links[top] if links is not None else None
+        return Faces(boxes, scores, landmarks, links=links)
+
 
     def _retry(self, image: np.ndarray) -> Faces:
         """--detector auto, for an image with no face: detect on padded copies, then fall

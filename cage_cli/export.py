@@ -47,22 +47,22 @@ NO_SPLIT = "labels"  # the labels CSV's name without --split
 #: would take for a face box, the class or the image.
 LABEL_COLUMNS: tuple[str, ...] = (
     "image", "expression", "valence", "arousal", "expression_name", "label_source", "model",
-    "confidence", *PROB_COLUMNS, "source", "frame_index", "face_index",
+    "confidence", *PROB_COLUMNS, "source", "frame_index", "face_index", "track_id",
 )
 #: Columns of the manifest, one row per crop (rejected ones included).
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image", "split", "annotation_row", "source", "media", "frame_index", "timestamp_s",
-    "frame_width", "frame_height", "face_index", "face_source", "x1", "y1", "x2", "y2",
+    "frame_width", "frame_height", "face_index", "track_id", "face_source", "x1", "y1", "x2", "y2",
     "crop_x1", "crop_y1", "crop_x2", "crop_y2", "det_score", "model", "machine_label",
     "confidence", *PROB_COLUMNS, "valence", "arousal", "va_method",
     "label", "expression", "label_source", "rejected",
 )
 REVIEW_COLUMNS: tuple[str, ...] = (
-    "image", "crop", "split", "source", "frame_index", "timestamp_s", "face_index",
+    "image", "crop", "split", "source", "frame_index", "timestamp_s", "face_index", "track_id",
     "machine_label", "confidence", "runner_up", "runner_up_p", "reviewed_label",
 )
 _INT_COLS = {"annotation_row", "frame_index", "frame_width", "frame_height", "face_index",
-             "crop_x1", "crop_y1", "crop_x2", "crop_y2", "expression"}
+             "track_id", "crop_x1", "crop_y1", "crop_x2", "crop_y2", "expression"}
 _FLOAT_COLS = {"timestamp_s", "x1", "y1", "x2", "y2", "det_score", "confidence", "valence",
                "arousal", *PROB_COLUMNS}
 
@@ -93,6 +93,7 @@ class ExportOptions:
     max_confidence: float | None = None  # top class probability <= this
     classes: tuple[str, ...] | None = None
     per_class: int | None = None
+    per_track: int | None = None
     every_k_frames: int | None = None
     min_gap_s: float | None = None
     split: dict[str, float] | None = None  # name -> fraction, in order
@@ -208,6 +209,8 @@ def check_options(o: ExportOptions) -> None:
         raise ExportError("--min-face must be 0 or more")
     if o.per_class is not None and o.per_class < 1:
         raise ExportError("--per-class must be at least 1")
+    if o.per_track is not None and o.per_track < 1:
+        raise ExportError("--per-track must be at least 1")
     if o.every_k_frames is not None and o.every_k_frames < 1:
         raise ExportError("--every-k-frames must be at least 1")
     if o.min_gap_s is not None and o.min_gap_s < 0:
@@ -254,6 +257,11 @@ def select(rows: list[dict], o: ExportOptions) -> tuple[list[dict], dict[str, in
         rows = space_frames(rows, o.every_k_frames, o.min_gap_s)
         if len(rows) < n:
             dropped["--every-k-frames" if o.every_k_frames else "--min-gap-s"] += n - len(rows)
+    if o.per_track is not None:
+        n = len(rows)
+        rows = per_track(rows, o.per_track)
+        if len(rows) < n:
+            dropped["--per-track"] += n - len(rows)
     if o.per_class is not None:
         n = len(rows)
         rows = per_class(rows, o.per_class, o.seed)
@@ -285,6 +293,63 @@ def space_frames(rows: list[dict], every_k: int | None, min_gap_s: float | None)
                 kept.add((src, idx))
                 last = (idx, ts)
     return [r for r in rows if r["media"] != "video" or (r["source"], r["frame_index"]) in kept]
+
+
+def per_track(rows: list[dict], n: int) -> list[dict]:
+    """Videos: at most ``n`` rows per track (source, ``track_id``), the best and most
+    different ones; photos pass. Input order kept.
+
+    Per track, each face gets a quality q = detector score (1 without one) x its shorter box
+    side / the track's largest shorter box side. The first pick is the face with the highest
+    q; each next pick is the face with the highest q x d, where d is its distance to the
+    nearest face already picked: d = (total variation between the two faces' class
+    probabilities + their time apart / the track's duration) / 2, in [0, 1]. So the picks are
+    large, clear faces that differ in expression or lie far apart in time. Ties go to the
+    earlier frame. Raises :class:`ExportError` for video rows without a track id (an output
+    of a cage without tracking).
+    """
+    tracks: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["media"] != "video":
+            continue
+        if r.get("track_id") is None:
+            raise ExportError(f"--per-track: {r['source']} has no track ids (annotated by a "
+                              "cage without tracking); annotate it again, or thin out its "
+                              "frames with --every-k-frames / --min-gap-s instead")
+        tracks.setdefault((r["source"], r["track_id"]), []).append(i)
+    keep = {i for i, r in enumerate(rows) if r["media"] != "video"}
+    for idx in tracks.values():
+        idx.sort(key=lambda i: rows[i]["frame_index"])
+        keep.update(idx[j] for j in pick_diverse([rows[i] for i in idx], n))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def pick_diverse(track: list[dict], n: int) -> list[int]:
+    """Indices into ``track`` (one track's rows, in time order) of the :func:`per_track`
+    picks, in the order they were picked."""
+    if len(track) <= n:
+        return list(range(len(track)))
+    probs = np.array([[r[c] or 0.0 for c in PROB_COLUMNS] for r in track])
+    t = np.array([r["timestamp_s"] or 0.0 for r in track])
+    side = np.array([min(r["x2"] - r["x1"], r["y2"] - r["y1"]) for r in track])
+    score = np.array([1.0 if r["det_score"] is None else r["det_score"] for r in track])
+    quality = score * side / max(side.max(), 1e-9)
+    span = t.max() - t.min()
+
+    def distance(j: int) -> np.ndarray:
+        tv = 0.5 * np.abs(probs - probs[j]).sum(axis=1)
+        apart = np.abs(t - t[j]) / span if span > 0 else np.zeros(len(t))
+        return (tv + apart) / 2
+
+    picked = [int(np.argmax(quality))]
+    nearest = distance(picked[0])
+    while len(picked) < n:
+        gain = quality * nearest
+        gain[picked] = -1.0
+        j = int(np.argmax(gain))
+        picked.append(j)
+        nearest = np.minimum(nearest, distance(j))
+    return picked
 
 
 def per_class(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -559,6 +624,7 @@ def _review_rows(rows: list[dict], dataset: Path) -> list[dict]:
             "image": r["image"], "crop": str(dataset / r["image"]), "split": r["split"],
             "source": r["source"], "frame_index": r["frame_index"],
             "timestamp_s": r["timestamp_s"], "face_index": r["face_index"],
+            "track_id": r.get("track_id"),
             "machine_label": r["machine_label"], "confidence": r["confidence"],
             "runner_up": second[1], "runner_up_p": second[0], "reviewed_label": "",
         })

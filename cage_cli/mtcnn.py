@@ -28,6 +28,9 @@ from facenet_pytorch.models.utils.detect_face import (
 
 #: P-Net runs on pyramid levels over this many pixels in strips of rows (big photos)
 STRIP_PIXELS = 2**21
+#: MTCNN.near: P-Net runs at pyramid levels where the largest face is at most this many pixels
+#: (P-Net's cell is 12 px; finer levels only propose parts of a face this big)
+WINDOW_LEVEL_MAX = 48
 
 
 class MTCNN:
@@ -48,6 +51,22 @@ class MTCNN:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray,
                  min_face: int = 20) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._detect(frames, min_face)
+
+    @torch.inference_mode()
+    def near(self, frame: np.ndarray, windows: np.ndarray, min_face: int = 20,
+             max_face: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As ``__call__`` on one (H, W, 3) frame, but P-Net looks only inside ``windows``
+        (K, 4: x1, y1, x2, y2 pixels), and only at pyramid levels where a face of ``max_face``
+        pixels is at most ``WINDOW_LEVEL_MAX`` px. P-Net's output there is the full frame's
+        (same integral image, same bins, a grid aligned with the full level's), so faces
+        inside the windows come out as full detection finds them, at a fraction of the cost.
+        Used between keyframes to re-locate known faces (cage_cli.detect)."""
+        return self._detect(frame[None], min_face, np.asarray(windows, np.float64),
+                            max_face)[0]
+
+    def _detect(self, frames: np.ndarray, min_face: int, windows: np.ndarray | None = None,
+                max_face: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         if not frames.flags.writeable:  # torch warns on read-only arrays; we never write
             frames = frames.copy()
         imgs = torch.as_tensor(frames, device=self.device)
@@ -58,14 +77,21 @@ class MTCNN:
         levels = _pyramid(h, w, min_face, self.factor)
         if not levels:  # frames smaller than min_face
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
+        if windows is None:
+            maps = (self._pnet(sat, oh, ow) for _, oh, ow in levels)
+        else:
+            if max_face is not None:
+                levels = [lv for lv in levels if lv[0] * max_face <= WINDOW_LEVEL_MAX]
+            maps = (self._pnet_windows(sat, oh, ow, windows) for _, oh, ow in levels)
         boxes, image_inds, picks, offset = [], [], [], 0
-        for scale, oh, ow in levels:
-            reg, probs = self._pnet(sat, oh, ow)
+        for (scale, _, _), (reg, probs) in zip(levels, maps, strict=True):
             boxes_s, inds_s = generateBoundingBox(reg, probs[:, 1], scale, self.thresholds[0])
             boxes.append(boxes_s)
             image_inds.append(inds_s)
             picks.append(batched_nms(boxes_s[:, :4], boxes_s[:, 4], inds_s, 0.5) + offset)
             offset += len(boxes_s)
+        if not picks:
+            return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32))] * b
         pick = torch.cat(picks)
         boxes, image_inds = torch.cat(boxes)[pick], torch.cat(image_inds)[pick]
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
@@ -76,36 +102,10 @@ class MTCNN:
                              boxes[:, 4]], dim=1)
         boxes = rerec(boxes)
 
-        # Stage 2: R-Net on 24 px crops.
-        if len(boxes):
-            crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
-            reg, probs = self.rnet(_normalise(crops))
-            keep = (probs[:, 1] > self.thresholds[1]) & valid
-            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
-            image_inds, reg = image_inds[keep], reg[keep]
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-            boxes = rerec(bbreg(boxes[pick], reg[pick]))
-            image_inds = image_inds[pick]
-
-        # Stage 3: O-Net on 48 px crops, with landmarks.
-        points = torch.zeros(0, 5, 2, device=self.device)
-        if len(boxes):
-            crops, valid = _crops(sat, boxes, image_inds, w, h, 48)
-            reg, marks, probs = self.onet(_normalise(crops))
-            keep = (probs[:, 1] > self.thresholds[2]) & valid
-            boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
-            image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
-            bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-            bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-            points = torch.stack((bw * marks[:, :5] + boxes[:, 0:1] - 1,
-                                  bh * marks[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
-            boxes = bbreg(boxes, reg)
-            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-            boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
-
+        boxes, image_inds = self._refine(sat, boxes, image_inds)  # stage 2
+        boxes, points, image_inds = self._output(sat, boxes, image_inds)  # stage 3
         boxes, points, inds = boxes.cpu().numpy(), points.cpu().numpy(), image_inds.cpu().numpy()
         return [(boxes[inds == i], points[inds == i]) for i in range(b)]
-
 
     def _pnet(self, sat: torch.Tensor, oh: int, ow: int) -> tuple[torch.Tensor, torch.Tensor]:
         """P-Net on one pyramid level. A big level (a big photo's) goes through in strips of
@@ -130,6 +130,69 @@ class MTCNN:
         if len(regs) == 1:
             return regs[0], probs[0]
         return torch.cat(regs, 2), torch.cat(probs, 2)
+
+    def _pnet_windows(self, sat: torch.Tensor, oh: int, ow: int,
+                      windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net's output maps for one pyramid level (oh x ow) of one frame, computed only
+        inside ``windows`` (frame pixels) and zero (no face) elsewhere. Each window starts on
+        an even level pixel and spans an even number, so its outputs are the full level's."""
+        h, w = sat.shape[1] - 1, sat.shape[2] - 1
+        reg = torch.zeros(1, 4, -(-(oh - 2) // 2) - 4, -(-(ow - 2) // 2) - 4, device=self.device)
+        probs = torch.zeros(1, 2, *reg.shape[2:], device=self.device)
+        r0, r1 = _bins(h, oh, self.device)
+        c0, c1 = _bins(w, ow, self.device)
+        for x1, y1, x2, y2 in windows:
+            ra, ca = max(0, int(y1 * oh / h)) // 2 * 2, max(0, int(x1 * ow / w)) // 2 * 2
+            rn = (min(oh, int(np.ceil(y2 * oh / h))) - ra) // 2 * 2
+            cn = (min(ow, int(np.ceil(x2 * ow / w))) - ca) // 2 * 2
+            if rn < 12 or cn < 12:
+                continue
+            rows, cols = slice(ra, ra + rn), slice(ca, ca + cn)
+            corners = _corners(sat.shape, torch.zeros(1, dtype=torch.long, device=self.device),
+                               r0[None, rows], r1[None, rows], c0[None, cols], c1[None, cols])
+            level = _means(sat, corners, (r1 - r0)[rows].float()[None, :, None, None],
+                           (c1 - c0)[cols].float()[None, None, :, None])
+            reg_w, probs_w = self.pnet(_normalise(level.permute(0, 3, 1, 2)))
+            out = (slice(None), slice(None), slice(ra // 2, ra // 2 + reg_w.shape[2]),
+                   slice(ca // 2, ca // 2 + reg_w.shape[3]))
+            reg[out], probs[out] = reg_w, probs_w
+        return reg, probs
+
+    def _refine(self, sat: torch.Tensor, boxes: torch.Tensor,
+                image_inds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2: R-Net on 24 px crops of ``boxes`` (K, >= 4) in the frames of the integral
+        images ``sat``; returns the kept boxes (squared) and their frames."""
+        if not len(boxes):
+            return boxes, image_inds
+        h, w = sat.shape[1] - 1, sat.shape[2] - 1
+        crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
+        reg, probs = self.rnet(_normalise(crops))
+        keep = (probs[:, 1] > self.thresholds[1]) & valid
+        boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+        image_inds, reg = image_inds[keep], reg[keep]
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+        return rerec(bbreg(boxes[pick], reg[pick])), image_inds[pick]
+
+    def _output(self, sat: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 3: O-Net on 48 px crops, with landmarks; returns the kept boxes (K, 5), their
+        landmarks (K, 5, 2) and their frames."""
+        points = torch.zeros(0, 5, 2, device=self.device)
+        if not len(boxes):
+            return boxes, points, image_inds
+        h, w = sat.shape[1] - 1, sat.shape[2] - 1
+        crops, valid = _crops(sat, boxes, image_inds, w, h, 48)
+        reg, marks, probs = self.onet(_normalise(crops))
+        keep = (probs[:, 1] > self.thresholds[2]) & valid
+        boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
+        image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
+        bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        points = torch.stack((bw * marks[:, :5] + boxes[:, 0:1] - 1,
+                              bh * marks[:, 5:10] + boxes[:, 1:2] - 1), dim=2)
+        boxes = bbreg(boxes, reg)
+        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+        return boxes[pick], points[pick], image_inds[pick]
 
 
 def _integral(imgs: torch.Tensor) -> torch.Tensor:

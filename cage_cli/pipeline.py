@@ -18,11 +18,13 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import torch
 
+from . import track
 from .decode import DecodeError, Frame, Sampling, frames
-from .detect import DetectOptions, Detector
+from .detect import DetectOptions, Detector, Faces
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .models import DEFAULT_MODEL, ExpressionModel, create_model
@@ -38,6 +40,11 @@ class AnnotateOptions:
     sampling: Sampling = field(default_factory=Sampling)
     detect: DetectOptions = field(default_factory=DetectOptions)
     keep_empty: bool = False
+    #: videos: full detection on every K-th sampled frame; faces are re-located on the frames
+    #: between (cage_cli.detect). 1: every frame detected in full.
+    detect_every: int = 5
+    track_gap: float = 1.0  # seconds of video time a track may go unseen (cage_cli.track)
+    smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class Pipeline:
         self.detector = Detector(options.detect, self.model.device, self.workers)
         self.stop = threading.Event()
         self._failed: dict[str, str] = {}  # source -> why a frame of it failed detection
+        self._tracking: tuple[str, track.TrackState] | None = None  # the current video's
 
     def run(self, files: list[MediaFile]) -> Iterator[Result]:
         """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
@@ -189,7 +197,7 @@ class Pipeline:
                 idle = item is None and (pending is None or pending.faces.done())
                 if item is _STOP or full or idle:
                     predictions = self._classify(pending) if pending is not None else None
-                    job = self._start(group, n_bytes) if group else None
+                    job = self._start(group, n_bytes, pending) if group else None
                     if pending is not None:
                         if self.stop.is_set():
                             break
@@ -212,10 +220,48 @@ class Pipeline:
         if self.workers is not None:
             self.workers.shutdown(wait=False, cancel_futures=True)
 
-    def _start(self, group: list[Frame | _End], n_bytes: int) -> _Job:
+    def _start(self, group: list[Frame | _End], n_bytes: int, previous: _Job | None) -> _Job:
+        """Start detecting a group. A group may begin inside a chunk (--detect-every): its
+        first frames then continue from the last faces of the ``previous`` group, whose
+        detection is finished by now (``run`` classifies it first)."""
         fr = [x for x in group if isinstance(x, Frame)]
-        faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr])
+        seed = None
+        if fr and not self._keyframe(fr[0]) and previous is not None and previous.frames \
+                and self._chunk(previous.frames[-1]) == self._chunk(fr[0]):
+            seed = previous.faces.get()[-1]
+        faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr],
+                                     [self._keyframe(f) for f in fr], seed)
         return _Job(group, fr, faces, n_bytes)
+
+    def _keyframe(self, frame: Frame) -> bool:
+        """Photos, and every ``detect_every``-th sampled frame of a video, get full detection."""
+        return frame.media == "image" or frame.position % self.options.detect_every == 0
+
+    def _chunk(self, frame: Frame) -> tuple[str, int]:
+        return frame.source, frame.position // self.options.detect_every
+
+    def _track(self, frames: list[Frame], faces: list[Faces],
+               preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Give the faces of consecutive frames of one video their track ids (and, with
+        --smooth, smooth their predictions); the tracker runs here, in frame order."""
+        o = self.options
+        if self._tracking is None or self._tracking[0] != frames[0].source or \
+                frames[0].position == 0:
+            self._tracking = (frames[0].source, track.TrackState(gap=o.track_gap))
+        state = self._tracking[1]
+        values = np.column_stack([preds["probs"], preds["valence"], preds["arousal"]])
+        j = 0
+        for frame, det in zip(frames, faces, strict=True):
+            _, det.track_ids = track.update(state, frame.timestamp, det.boxes, det.landmarks,
+                                            det.links)
+            if o.smooth and len(det):
+                values[j : j + len(det)] = track.smooth(state, frame.timestamp, det.track_ids,
+                                                        values[j : j + len(det)], o.smooth)
+            j += len(det)
+        if not o.smooth:
+            return preds
+        return {**preds, "probs": values[:, :-2], "valence": values[:, -2],
+                "arousal": values[:, -1]}
 
     def _classify(self, job: _Job) -> Results:
         """Wait for a group's faces and start classifying them."""
@@ -251,6 +297,8 @@ class Pipeline:
             n = sum(len(d) for d in run_faces)
             run_preds = {key: v[j : j + n] for key, v in preds.items()}
             j += n
+            if item.media == "video":
+                run_preds = self._track(run_frames, run_faces, run_preds)
             rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
             yield Result(item.source, item.media, rows, frames=len(run_frames))
 

@@ -6,9 +6,14 @@ Panels (:func:`build_figure` returns the Figure, :func:`save_figure` writes PNG/
   faces without one, from models without classes such as cage-maxvit-t-va), inside the
   unit circle, with the eight AffectNet class centroids (``cage_cli/data``) labelled;
 * expression distribution: faces per label (classes the model lacks are left out);
-* for each video source: a timeline of valence and arousal, and one of the top three class
-  probabilities, over ``timestamp_s``. A frame with several faces shows their mean (the
-  shaded band is the range over the faces).
+* for each video source whose rows carry track ids: per-track timelines of the ``tracks``
+  longest tracks (one line per track, in the track's `cage render` colour): valence, arousal,
+  and a strip per track coloured by its label over time. A line breaks where its track
+  misses more than one sampled frame;
+* for each video source without track ids (outputs of a cage without tracking): a timeline
+  of valence and arousal, and one of the top three class probabilities, over
+  ``timestamp_s``. A frame with several faces shows their mean (the shaded band is the range
+  over the faces).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .schema import EXPRESSIONS
-from .summary import VizError, match_source, sources_of
+from .summary import (
+    VizError,
+    has_track_ids,
+    longest_tracks,
+    match_source,
+    sources_of,
+    track_stats,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -31,6 +43,8 @@ FORMATS = (".png", ".svg", ".pdf")
 #: At most this many video timelines unless one --source is picked.
 MAX_TIMELINES = 6
 TOP_K = 3
+#: Per-track timelines: the longest this many tracks of each video (``cage plot --tracks``).
+DEFAULT_TRACKS = 5
 #: Label offsets (points) and alignment for the centroids that sit close together.
 _CENTROID_LABEL = {"contempt": (-6, 4, "right"), "anger": (6, -9, "left"),
                    "disgust": (-6, -10, "right")}
@@ -40,6 +54,12 @@ def _color(label: str) -> str:
     from .render import label_color_hex
 
     return label_color_hex(label)
+
+
+def _track_color(track_id: int) -> str:
+    from .render import track_color_hex
+
+    return track_color_hex(track_id)
 
 
 def _faces(table: pa.Table) -> pa.Table:
@@ -70,20 +90,36 @@ def video_sources(table: pa.Table) -> list[str]:
 
 
 def build_figure(table: pa.Table, title: str | None = None,
-                 max_timelines: int = MAX_TIMELINES) -> Figure:
-    """The figure: circumplex and distribution on top, two timeline panels per video source."""
+                 max_timelines: int = MAX_TIMELINES, tracks: int = DEFAULT_TRACKS) -> Figure:
+    """The figure: circumplex and distribution on top, then per video source either the
+    per-track timelines of its ``tracks`` longest tracks (rows with track ids: a valence and
+    an arousal panel, and a label strip below them) or two panels that average the faces of
+    each frame (rows without track ids)."""
     from matplotlib.figure import Figure
 
     faces = _faces(table)
     videos = video_sources(table)[:max_timelines]
-    rows = 1 + len(videos)
-    fig = Figure(figsize=(12, 5.2 + 3.2 * len(videos)), layout="constrained")
-    grid = fig.add_gridspec(rows, 2, height_ratios=[5.2] + [3.2] * len(videos))
+    per_video = [faces.filter(pc.equal(faces.column("source"), s)) for s in videos]
+    stats = [track_stats(rows) if tracks > 0 and has_track_ids(rows) else None
+             for rows in per_video]
+    heights = [5.2]
+    for st in stats:
+        heights.append(3.2)
+        if st is not None:
+            heights.append(0.9 + 0.32 * min(tracks, len(st)))
+    fig = Figure(figsize=(12, sum(heights)), layout="constrained")
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
     _circumplex(fig.add_subplot(grid[0, 0]), faces)
     _distribution(fig.add_subplot(grid[0, 1]), faces, _present_classes(faces))
-    for i, s in enumerate(videos, start=1):
-        rows_s = faces.filter(pc.equal(faces.column("source"), s))
-        _timelines(fig.add_subplot(grid[i, 0]), fig.add_subplot(grid[i, 1]), rows_s, s)
+    row = 1
+    for s, rows, st in zip(videos, per_video, stats, strict=True):
+        if st is not None:
+            _track_timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]),
+                             fig.add_subplot(grid[row + 1, :]), rows, s, st, tracks)
+            row += 2
+        else:
+            _timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]), rows, s)
+            row += 1
     if title:
         fig.suptitle(title)
     return fig
@@ -206,6 +242,85 @@ def _timelines(ax_va, ax_p, rows: pa.Table, source: str) -> None:
     if not len(times):
         for ax in (ax_va, ax_p):
             ax.text(0.5, 0.5, "no faces", ha="center", transform=ax.transAxes, color="0.4")
+
+
+def _step(times: np.ndarray) -> float:
+    """The usual time between two sampled frames of a video (median over its faces' frames)."""
+    t = np.unique(times[np.isfinite(times)])
+    return float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+
+
+def _track_series(rows: pa.Table, track_id: int, step: float) -> dict[str, np.ndarray]:
+    """Time-sorted ``t``, ``valence``, ``arousal`` (NaN-separated where the track misses more
+    than one sampled frame, so the line breaks there) and ``label`` of one track."""
+    one = rows.filter(pc.equal(rows.column("track_id"), track_id))
+    t = np.asarray(one.column("timestamp_s").to_pylist(), dtype=float)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    cols = {c: np.asarray(one.column(c).to_pylist(), dtype=float)[order]
+            for c in ("valence", "arousal")}
+    labels = np.asarray(one.column("label").to_pylist(), dtype=object)[order]
+    gaps = np.flatnonzero(np.diff(t) > 1.5 * step) + 1
+    return {"t": np.insert(t, gaps, np.nan),
+            **{c: np.insert(v, gaps, np.nan) for c, v in cols.items()},
+            "label": labels, "t_raw": t}
+
+
+def _label_runs(t: np.ndarray, labels: np.ndarray, step: float) -> list[tuple[str, float, float]]:
+    """(label, start, width) for each run of one label on consecutive sampled frames."""
+    runs: list[tuple[str, float, float]] = []
+    start = 0
+    for i in range(1, len(t) + 1):
+        if i == len(t) or labels[i] != labels[start] or t[i] - t[i - 1] > 1.5 * step:
+            runs.append((labels[start], t[start], t[i - 1] - t[start] + step))
+            start = i
+    return runs
+
+
+def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[dict],
+                     n: int) -> None:
+    """Valence and arousal (one line per track) and a label strip per track, for the ``n``
+    longest of the tracks in ``stats`` (:func:`track_stats` of ``rows``)."""
+    name = Path(source).name
+    shown = longest_tracks(stats, n)
+    step = _step(np.asarray(rows.column("timestamp_s").to_pylist(), dtype=float))
+    which = f"{len(shown)} longest of {len(stats)} tracks" if len(shown) < len(stats) \
+        else f"{len(stats)} track{'s' if len(stats) != 1 else ''}"
+    seen: set[str] = set()
+    marker = "." if max((k["frames"] for k in shown), default=0) <= 80 else None
+    for lane, k in enumerate(shown):
+        tid = k["track_id"]
+        series = _track_series(rows, tid, step)
+        for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
+            ax.plot(series["t"], series[col], color=_track_color(tid), marker=marker, lw=1.3,
+                    ms=4, label=f"#{tid} ({k['frames']} fr.)")
+        by_label: dict[str, list[tuple[float, float]]] = {}
+        for label, start, width in _label_runs(series["t_raw"], series["label"], step):
+            by_label.setdefault(label, []).append((start, width))
+        for label, spans in by_label.items():  # one bar collection per track and label
+            ax_l.broken_barh(spans, (lane - 0.4, 0.8), color=_color(label),
+                             label=None if label in seen else label)
+            seen.add(label)
+    for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel(col)
+        ax.set_title(f"{name}: {col} per track ({which})")
+        ax.legend(loc="best", fontsize=7, title="track", title_fontsize=7)
+    ax_l.set_yticks(range(len(shown)), [f"#{k['track_id']}" for k in shown])
+    for tick, k in zip(ax_l.get_yticklabels(), shown, strict=True):
+        tick.set_color(_track_color(k["track_id"]))
+    ax_l.set_ylim(len(shown) - 0.5, -0.5)
+    ax_l.set_xlim(ax_v.get_xlim())
+    ax_l.set_xlabel("time (s)")
+    ax_l.set_title(f"{name}: label per track")
+    order = {e: i for i, e in enumerate(EXPRESSIONS)}
+    handles, labels = ax_l.get_legend_handles_labels()
+    pairs = sorted(zip(labels, handles, strict=True), key=lambda p: order.get(p[0], 99))
+    if pairs:
+        ax_l.legend([h for _, h in pairs], [lb for lb, _ in pairs], loc="upper left",
+                    bbox_to_anchor=(1.0, 1.0), fontsize=7, title="label", title_fontsize=7)
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:

@@ -2,7 +2,10 @@
 
 Each face gets its box (coloured by label), its five landmarks, a tag with the label and its
 probability, and a small valence/arousal marker: a circle (valence left to right, arousal
-bottom to top, radius 1) with a dot at the face's (valence, arousal).
+bottom to top, radius 1) with a dot at the face's (valence, arousal). A face with a
+``track_id`` (videos) gets its box and landmarks in the track's colour (:func:`track_color`,
+the same one `cage plot` uses for the track's line) and the id in a badge before the tag,
+which keeps the label's colour.
 
 Photos are read with :func:`cage_cli.decode.load_image` (EXIF orientation applied, like
 `cage annotate`), so boxes land where they were found. Videos are decoded with PyAV and
@@ -47,18 +50,34 @@ LABEL_COLORS: dict[str, tuple[int, int, int]] = {
     "contempt": (141, 96, 70),
 }
 OTHER_COLOR = (255, 255, 255)
+#: Track colours (RGB), by ``track_id`` modulo their number; Tableau 10 with navy for grey
+#: (grey is the neutral label's colour).
+TRACK_COLORS: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (40, 40, 150), (188, 189, 34), (23, 190, 207),
+)
 #: Default hold time in seconds for unsampled video frames.
 DEFAULT_HOLD = 1.0
 VIDEO_OUT_EXTS = (".mp4", ".m4v")
 #: Audio codecs copied into the MP4 as they are; others are dropped (with a note).
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 
-_FACE_COLUMNS = ("frame_index", "face_index", "x1", "y1", "x2", "y2", "label", "valence",
-                 "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
+_FACE_COLUMNS = ("frame_index", "face_index", "track_id", "x1", "y1", "x2", "y2", "label",
+                 "valence", "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
 
 
 def label_color_hex(label: str) -> str:
     r, g, b = LABEL_COLORS.get(label, (120, 120, 120))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """The colour (RGB) of a track, shared by `cage render` boxes and `cage plot` lines."""
+    return TRACK_COLORS[track_id % len(TRACK_COLORS)]
+
+
+def track_color_hex(track_id: int) -> str:
+    r, g, b = track_color(track_id)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -92,34 +111,41 @@ def draw_faces(image: Image.Image, faces: list[dict]) -> None:
         x1, y1, x2, y2 = (float(f[k]) for k in ("x1", "y1", "x2", "y2"))
         label = f.get("label") or "?"
         color = LABEL_COLORS.get(label, OTHER_COLOR)
+        track = f.get("track_id")
+        edge = color if track is None else track_color(track)
         side = max(x2 - x1, y2 - y1, 1.0)
         lw = int(_clamp(round(side / 60), 1, 8))
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
+        draw.rectangle((x1, y1, x2, y2), outline=edge, width=lw)
         # landmarks
         r = max(1.5, lw * 1.3)
         for i in range(0, len(LANDMARK_COLUMNS), 2):
             x, y = f.get(LANDMARK_COLUMNS[i]), f.get(LANDMARK_COLUMNS[i + 1])
             if x is not None and y is not None:
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(0, 0, 0))
-        # tag: "label 87%" on a filled box above the face (inside it at the top edge)
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=edge, outline=(0, 0, 0))
+        # tag above the face (inside it at the top edge): ["#id"] "label 87%" [VA marker]
         prob = f.get(f"p_{label}")
         text = label if prob is None else f"{label} {prob:.0%}"
         font = _font(int(_clamp(round(side * 0.16), min_font, 48)))
-        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
         pad = max(2, lw)
-        tag_w, tag_h = tx1 - tx0 + 2 * pad, ty1 - ty0 + 2 * pad
+        parts = [(text, color)] if track is None else [(f"#{track}", edge), (text, color)]
+        boxes = [draw.textbbox((0, 0), t, font=font) for t, _ in parts]
+        ty0 = min(b[1] for b in boxes)
+        tag_h = max(b[3] for b in boxes) - ty0 + 2 * pad
+        widths = [b[2] - b[0] + 2 * pad for b in boxes]
         mark_r = tag_h / 2
-        total_w = tag_w + 2 * mark_r + pad
+        total_w = sum(widths) + 2 * mark_r + pad
         left = _clamp(x1 - lw / 2, 0, max(0, width - total_w))
         top = y1 - lw / 2 - tag_h
         if top < 0:
             top = min(y1 + lw, max(0, height - tag_h))
-        draw.rectangle((left, top, left + tag_w, top + tag_h), fill=color)
-        draw.text((left + pad - tx0, top + pad - ty0), text, fill=_text_color(color), font=font)
+        for (t, fill), b, w in zip(parts, boxes, widths, strict=True):
+            draw.rectangle((left, top, left + w, top + tag_h), fill=fill)
+            draw.text((left + pad - b[0], top + pad - ty0), t, fill=_text_color(fill), font=font)
+            left += w
         # valence/arousal marker right of the tag
         v, a = f.get("valence"), f.get("arousal")
         if v is not None and a is not None:
-            cx, cy = left + tag_w + pad / 2 + mark_r, top + mark_r
+            cx, cy = left + pad / 2 + mark_r, top + mark_r
             _va_marker(draw, cx, cy, mark_r, float(v), float(a), color)
 
 

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from . import __version__
+from . import __version__, cluster
+from .cluster import RayOptions
 from .inputs import Inputs, discover, in_shard
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 from .schema import SCHEMA_VERSION
@@ -132,9 +133,13 @@ def annotate_to(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     found: Inputs | None = None,
     part_seconds: float = 30.0,
+    ray: RayOptions | None = None,
 ) -> Summary:
     """Annotate ``inputs`` into ``output`` (file, folder/ or '-'). Raises OutputError for
     problems the user must fix before anything runs; bad input files are reported, not raised.
+
+    With ``ray`` (cage_cli.cluster.RayOptions) the work runs as tasks on a Ray cluster that
+    write the part files themselves; everything else is the same.
     """
     started = time.monotonic()
     started_at = _now()
@@ -146,9 +151,12 @@ def annotate_to(
         raise OutputError("--shard needs a folder output (-o out_dir/), one part set per shard")
     if kind == "jsonl" and output == "-" and resume:
         raise OutputError("--resume needs a file or folder output, not stdout")
+    if ray is not None and (output == "-" or shard[1] > 1):
+        raise OutputError("--ray needs a file or folder output, and no --shard")
 
     # Where the parts go, and what an earlier run already finished.
-    tag = f"s{shard[0]}of{shard[1]}"
+    tag = f"s{shard[0]}of{shard[1]}" if ray is None else cluster.TAG
+    parts = tag if ray is None else f"{tag}*"  # Ray tasks write part-ray<hash>-<seq>
     final: Path | None = None
     if kind == "dataset":
         folder = Path(output)
@@ -165,10 +173,10 @@ def annotate_to(
         if not resume:
             raise OutputError(f"{output} exists; use --overwrite to replace it")
     if output != "-":
-        _prepare_folder(folder, tag, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
+        _prepare_folder(folder, parts, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
 
     loading = time.monotonic()
-    pipeline = Pipeline(options, run)
+    pipeline = Pipeline(options, run) if ray is None else cluster.RayPipeline(options, run, ray)
     summary.load_seconds = time.monotonic() - loading
     info = run_info(options, pipeline.model.weights_sha256)
     done_before: dict[str, dict] = {}
@@ -178,7 +186,7 @@ def annotate_to(
         diff = _same_run(old, info)
         if diff:
             raise OutputError(f"cannot resume {output}: the run used other settings ({diff})")
-        d = read_done(folder, tag)
+        d = read_done(folder, parts)
         done_before, next_seq = d.sources, d.next_seq
         info["started"] = old.get("started", started_at)
     else:
@@ -204,17 +212,20 @@ def annotate_to(
         summary.files_failed += 1
         report_error(path, reason)
 
-    writer: DatasetWriter | StdoutWriter
-    if output == "-":
-        writer = StdoutWriter()
+    writer: DatasetWriter | StdoutWriter | cluster.WrittenByWorkers
+    if ray is not None:
+        writer, results = cluster.WrittenByWorkers(), pipeline.run(todo, folder, info)
+    elif output == "-":
+        writer, results = StdoutWriter(), pipeline.run(todo)
     else:
         writer = DatasetWriter(folder, tag, info, next_seq, part_seconds=part_seconds)
+        results = pipeline.run(todo)
     if on_start:
         on_start(len(todo))
 
     with _Signals(lambda name: pipeline.stop.set()) as signals:
         try:
-            for result in pipeline.run(todo):
+            for result in results:
                 writer.add(result)
                 summary.frames += result.frames
                 summary.faces += result.faces
@@ -239,6 +250,8 @@ def annotate_to(
                     pass
             if errors_out:
                 errors_out.close()
+            if ray is not None:
+                results.close()  # type: ignore[union-attr] - cancels the tasks in flight
         summary.interrupted = signals.received
 
     summary.seconds = time.monotonic() - started
@@ -246,16 +259,17 @@ def annotate_to(
         summary.resume_hint = f"cage annotate ... -o {output} --resume"
         return summary
     if manifest is not None:
+        part_files = (sorted(folder.glob(f"part-{tag}-*.parquet")) if ray is None
+                      else cluster.drop_duplicates(folder))
         all_errors = [
             {"source": s, "error": e["error"]}
-            for s, e in read_done(folder, tag).sources.items() if e.get("error")
+            for s, e in read_done(folder, parts).sources.items() if e.get("error")
         ]
         info.update(finished=_now(), errors=all_errors, files_skipped=summary.files_skipped)
         write_json_atomic(manifest, info)
         if final is not None:
-            parts = sorted(folder.glob(f"part-{tag}-*.parquet"))
             try:
-                merge_parts(parts, final, kind, info)
+                merge_parts(part_files, final, kind, info)
             except OSError as e:
                 raise OutputError(f"cannot write {output}: {e.strerror or e}; the finished "
                                   f"rows are kept in {folder}/ (use --resume)", 1) from None

@@ -1,4 +1,6 @@
-"""`cage summary`: per-source counts and means of an annotation output, plus its failed files.
+"""`cage summary`: per-source counts and means of an annotation output, plus its failed files,
+and for videos the tracks (one per person, ``track_id``): frames, first/last time, dominant
+expression, mean valence and arousal.
 
 Also the small helpers that `cage render` and `cage plot` share: :func:`load_annotations`
 (read any `cage annotate` output and check that it is one) and :func:`match_source` (find the
@@ -117,6 +119,48 @@ def _mean(values: pa.ChunkedArray) -> float | None:
     return None if m is None or math.isnan(m) else round(float(m), 6)
 
 
+def has_track_ids(rows: pa.Table) -> bool:
+    """Whether any face row carries a ``track_id`` (outputs of a cage without tracking, and
+    photos, have none)."""
+    faces = _faces(rows)
+    return faces.num_rows > faces.column("track_id").null_count
+
+
+def track_stats(rows: pa.Table) -> list[dict[str, Any]]:
+    """One dict per track among ``rows`` (the faces of one video), in ``track_id`` order:
+    frames (distinct frames it is in), first/last timestamp, dominant expression (with its
+    share of the track's faces), mean valence and arousal. Rows without a track id are left
+    out."""
+    faces = _faces(rows)
+    cols = faces.select(["track_id", "frame_index", "timestamp_s", "label"]).to_pydict()
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(cols["track_id"]):
+        if t is not None:
+            groups.setdefault(t, []).append(i)
+    out = []
+    for t in sorted(groups):
+        idx = pa.array(groups[t])
+        times = [cols["timestamp_s"][i] for i in groups[t] if cols["timestamp_s"][i] is not None]
+        label, share = _dominant([cols["label"][i] for i in groups[t]])
+        out.append({
+            "track_id": t,
+            "frames": len({cols["frame_index"][i] for i in groups[t]}),
+            "first_s": round(min(times), 6) if times else None,
+            "last_s": round(max(times), 6) if times else None,
+            "dominant_expression": label,
+            "dominant_share": None if share is None else round(share, 6),
+            "mean_valence": _mean(faces.column("valence").take(idx)),
+            "mean_arousal": _mean(faces.column("arousal").take(idx)),
+        })
+    return out
+
+
+def longest_tracks(tracks: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The ``n`` tracks with the most frames (ties: the earlier id), in ``track_id`` order."""
+    best = sorted(tracks, key=lambda t: (-t["frames"], t["track_id"]))[:max(0, n)]
+    return sorted(best, key=lambda t: t["track_id"])
+
+
 def _stats(source_rows: pa.Table) -> dict[str, Any]:
     faces = _faces(source_rows)
     frames = pc.count_distinct(faces.column("frame_index")).as_py() if faces.num_rows else 0
@@ -144,15 +188,21 @@ def failed_files(run_info: list[dict] | None) -> list[dict] | None:
 
 def summarize(table: pa.Table, run_info: list[dict] | None = None) -> dict[str, Any]:
     """Per-source and total counts: frames with faces, faces, dominant expression (with its
-    share of the faces), mean valence and arousal; plus the failed files of the run."""
+    share of the faces), mean valence and arousal; plus the failed files of the run.
+
+    ``tracks`` per source: the :func:`track_stats` of a video whose rows carry track ids,
+    None for photos and for videos without them (outputs of a cage without tracking)."""
     per_source = []
     src = table.column("source")
     for s in sources_of(table):
         rows = table.filter(pc.equal(src, s))
-        per_source.append({"source": s, "media": rows.column("media")[0].as_py(),
-                           **_stats(rows)})
+        media = rows.column("media")[0].as_py()
+        tracks = track_stats(rows) if media == "video" and has_track_ids(rows) else None
+        per_source.append({"source": s, "media": media, **_stats(rows), "tracks": tracks})
     total = _stats(table)
     total["frames_with_faces"] = sum(r["frames_with_faces"] for r in per_source)
+    tracked = [r["tracks"] for r in per_source if r["tracks"] is not None]
+    total["tracks"] = sum(len(t) for t in tracked) if tracked else None
     models = sorted({m for m in table.column("model").to_pylist() if m})
     if not models and run_info:
         models = sorted({r["model"] for r in run_info if r.get("model")})
@@ -173,8 +223,20 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
 
-def print_summary(summary: dict[str, Any], console, title: str = "cage summary") -> None:
-    """The summary as rich tables: one row per source, a total, then the failed files."""
+def _dom(r: dict) -> str:
+    if r["dominant_expression"] is None:
+        return "-"
+    return f"{r['dominant_expression']} ({r['dominant_share']:.0%})"
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
+                  max_tracks: int = 10) -> None:
+    """The summary as rich tables: one row per source and a total, then per video its
+    ``max_tracks`` longest tracks (when the rows carry track ids), then the failed files."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -182,6 +244,7 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary")
     names = [r["source"] for r in summary["sources"]]
     parent = _common_parent(names)
     caption = f"sources in {parent}" if parent else None
+    tracked = summary["total"].get("tracks") is not None
     table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption),
                   caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False)
@@ -189,33 +252,64 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary")
     table.add_column("media")
     table.add_column("frames\nw/ faces", justify="right")
     table.add_column("faces", justify="right")
+    if tracked:
+        table.add_column("tracks", justify="right")
     table.add_column("dominant\nexpression")
     table.add_column("mean\nvalence", justify="right")
     table.add_column("mean\narousal", justify="right")
 
-    def dom(r: dict) -> str:
-        if r["dominant_expression"] is None:
-            return "-"
-        return f"{r['dominant_expression']} ({r['dominant_share']:.0%})"
+    def name_of(source: str) -> str:
+        return os.path.relpath(source, parent) if parent else source
+
+    def track_cell(tracks: list | int | None) -> list[str]:
+        if not tracked:
+            return []
+        return ["-" if tracks is None else str(tracks if isinstance(tracks, int)
+                                                else len(tracks))]
 
     for r in summary["sources"]:
-        name = os.path.relpath(r["source"], parent) if parent else r["source"]
-        table.add_row(Text(name), r["media"], str(r["frames_with_faces"]), str(r["faces"]),
-                      dom(r), _fmt(r["mean_valence"]), _fmt(r["mean_arousal"]))
+        table.add_row(Text(name_of(r["source"])), r["media"], str(r["frames_with_faces"]),
+                      str(r["faces"]), *track_cell(r.get("tracks")), _dom(r),
+                      _fmt(r["mean_valence"]), _fmt(r["mean_arousal"]))
     t = summary["total"]
     table.add_section()
-    table.add_row("total", "", str(t["frames_with_faces"]),
-                  str(t["faces"]), dom(t), _fmt(t["mean_valence"]), _fmt(t["mean_arousal"]),
-                  style="bold")
+    table.add_row("total", "", str(t["frames_with_faces"]), str(t["faces"]),
+                  *track_cell(t.get("tracks")), _dom(t), _fmt(t["mean_valence"]),
+                  _fmt(t["mean_arousal"]), style="bold")
     console.print(table)
+    say = lambda line: console.print(line, highlight=False, markup=False)  # noqa: E731
+    videos = [r for r in summary["sources"] if r["media"] == "video" and r["faces"]]
+    for r in videos:
+        tracks = r.get("tracks")
+        if tracks is None or max_tracks <= 0:
+            continue
+        shown = longest_tracks(tracks, max_tracks)
+        tt = Table(title=Text(f"tracks in {name_of(r['source'])}: {len(tracks)}"
+                              + (f" (the {len(shown)} longest)" if len(shown) < len(tracks)
+                                 else "")),
+                   title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for col in ("track", "frames", "first (s)", "last (s)"):
+            tt.add_column(col, justify="right")
+        tt.add_column("dominant\nexpression")
+        tt.add_column("mean\nvalence", justify="right")
+        tt.add_column("mean\narousal", justify="right")
+        for k in shown:
+            tt.add_row(str(k["track_id"]), str(k["frames"]), _secs(k["first_s"]),
+                       _secs(k["last_s"]), _dom(k), _fmt(k["mean_valence"]),
+                       _fmt(k["mean_arousal"]))
+        console.print(tt)
+    untracked = [r for r in videos if r.get("tracks") is None]
+    if untracked:
+        say(f"tracks: not available for {len(untracked)} of {len(videos)} videos (their rows "
+            "have no track_id: written by a cage without tracking)")
     if summary["models"]:
-        console.print(f"model: {', '.join(summary['models'])}", highlight=False, markup=False)
+        say(f"model: {', '.join(summary['models'])}")
     failed = summary["failed"]
     if failed is None:
-        console.print("failed files: unknown (JSONL/CSV outputs carry no run metadata; "
-                      "use a Parquet output to keep it)", highlight=False, markup=False)
+        say("failed files: unknown (JSONL/CSV outputs carry no run metadata; use a Parquet "
+            "output to keep it)")
     elif not failed:
-        console.print("failed files: none", highlight=False, markup=False)
+        say("failed files: none")
     else:
         ft = Table(title=f"failed files ({len(failed)})", title_justify="left")
         ft.add_column("source", overflow="fold")

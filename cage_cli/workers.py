@@ -39,22 +39,27 @@ def cpu_workers(device: torch.device | str, threads: int | None = None) -> Worke
 class Results:
     """Results of work items, in order: already computed, or futures still running."""
 
-    def __init__(self, values: list | None = None, futures: list[Future] | None = None):
-        self._values, self._futures = values, futures
+    def __init__(self, values: list | None = None, futures: list[Future] | None = None,
+                 flat: bool = False):
+        self._values, self._futures, self._flat = values, futures, flat
 
     @classmethod
-    def map(cls, pool: ThreadPoolExecutor | None, fn: Callable, *items: list) -> Results:
-        """``fn`` over the items, in the pool if there is one, else here and now."""
+    def map(cls, pool: ThreadPoolExecutor | None, fn: Callable, *items: list,
+            flat: bool = False) -> Results:
+        """``fn`` over the items, in the pool if there is one, else here and now. With
+        ``flat``, each call returns a list and ``get`` joins them."""
         if pool is None:
-            return cls(values=list(map(fn, *items)))
-        return cls(futures=[pool.submit(fn, *args) for args in zip(*items, strict=True)])
+            return cls(values=list(map(fn, *items)), flat=flat)
+        return cls(futures=[pool.submit(fn, *args) for args in zip(*items, strict=True)],
+                   flat=flat)
 
     def done(self) -> bool:
         return self._futures is None or all(f.done() for f in self._futures)
 
     def get(self) -> list:
         """Wait for every result."""
-        return self._values if self._futures is None else [f.result() for f in self._futures]
+        out = self._values if self._futures is None else [f.result() for f in self._futures]
+        return [x for part in out for x in part] if self._flat else out
 
 
 def _libc_trim() -> Callable[[int], int] | None:

@@ -214,13 +214,21 @@ def test_plot_figure_axes(photos, video) -> None:
 
     vt, _ = load_annotations(video["dataset"])
     both = pa.concat_tables([table, vt])
-    fig = build_figure(both)
+    # --tracks 0: one valence/arousal panel (mean over each frame's faces) and one of the top
+    # class probabilities for the video (the layout of outputs without track ids)
+    fig = build_figure(both, tracks=0)
     assert len(fig.axes) == 4  # circumplex, distribution, 2 timeline panels for the one video
     tl = [ax for ax in fig.axes if ax.get_title().startswith("short_clip.mp4")]
     assert len(tl) == 2 and all(ax.get_xlabel() == "time (s)" for ax in tl)
     va_lines = {ln.get_label() for ln in tl[0].get_lines()}
     assert {"valence", "arousal"} <= va_lines
     assert len(tl[0].get_lines()[0].get_xdata()) == VIDEO_FRAMES
+    # with track ids (default): valence and arousal per track and a label strip per track
+    # (tests/test_track_views.py checks the lines against the rows)
+    fig = build_figure(both)
+    tl = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("short_clip.mp4")]
+    assert len(fig.axes) == 5 and len(tl) == 3, tl
+    assert any("valence per track" in t for t in tl) and any("arousal per track" in t for t in tl)
 
 
 def test_plot_faces_without_label(photos) -> None:

@@ -1,0 +1,298 @@
+"""``cage annotate --ray``: the same pipeline on a Ray cluster (docs/scaling.md).
+
+The driver splits the inputs into tasks (each video alone, photos in small batches). A task
+runs the ordinary :class:`~cage_cli.pipeline.Pipeline` over its inputs, in a worker process
+that keeps the model loaded between tasks, and writes its rows with the ordinary
+:class:`~cage_cli.write.DatasetWriter` into the output's part folder:
+
+* The part names are fixed by the task's inputs (``part-ray<hash>-<seq>.parquet``, one part
+  per task, a video of more than 20,000 rows in a part of its own). So when Ray retries a
+  task whose worker died, the retry overwrites what a dead attempt may have committed instead
+  of adding to it; parts are atomic, so a half-written part never appears.
+* Each part records the inputs it finished (``cage.done``), exactly as in a local run, so
+  ``--resume`` and the final merge work unchanged. :func:`drop_duplicates` is the last guard:
+  an input found in two parts (an attempt that outlived its driver) keeps only its first.
+
+Progress comes back while tasks run: each task reports per-input frame and face counts to a
+small actor that the driver polls, and the driver turns them into
+:class:`~cage_cli.pipeline.Result` pieces for ``annotate_to`` (progress bar, summary).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .cluster_progress import Progress
+from .inputs import MediaFile
+from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
+from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
+
+TAG = "ray"  # the run record is _cage_run-ray.json; parts are part-ray<hash>-<seq>.parquet
+PARTS = f"part-{TAG}*-*.parquet"
+INSTALL_HINT = "--ray needs Ray: pip install 'cage-cli[ray]'"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how to run on Ray."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else start a local Ray
+    photos_per_task: int = 32  # at most; fewer when that leaves workers idle
+    #: GPUs per task where the cluster has GPUs; None: the GPUs shared evenly by the CPU
+    #: slots (1 GPU and 16 CPUs: 1/16 each), since each task decodes on one CPU; 0: no GPU
+    gpus_per_task: float | None = None
+    max_retries: int = 3  # per task, when its worker or node dies
+
+
+def have_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Counted(Result):
+    """A piece of a remote input's progress: counts only, its rows are in a part file."""
+
+    face_count: int = 0
+
+    @property
+    def faces(self) -> int:
+        return self.face_count
+
+
+class WrittenByWorkers:
+    """The driver's writer: the workers write the parts, the driver writes nothing."""
+
+    def add(self, result: Result) -> None:
+        pass
+
+
+def batches(files: list[MediaFile], per_task: int) -> list[list[MediaFile]]:
+    """Each video alone; consecutive photos in runs of at most ``per_task``. In input order,
+    so parts sorted by their first input merge into input order."""
+    out: list[list[MediaFile]] = []
+    for f in files:
+        if f.media == "image" and out and out[-1][0].media == "image" \
+                and len(out[-1]) < per_task:
+            out[-1].append(f)
+        else:
+            out.append([f])
+    return out
+
+
+def task_tag(files: list[MediaFile]) -> str:
+    """The part tag of a task: fixed by its inputs, so a retry writes the same names."""
+    digest = hashlib.sha1("\n".join(f.path for f in files).encode("utf-8", "surrogateescape"))
+    return f"{TAG}{digest.hexdigest()[:16]}"
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _pipeline(options: AnnotateOptions, run: RunOptions) -> Pipeline:
+    """One pipeline (model, detector) per worker process, kept between tasks."""
+    return Pipeline(options, run)
+
+
+def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
+                  options: AnnotateOptions, run: RunOptions, cwd: str,
+                  progress) -> list[dict]:  # noqa: ANN001 - a Ray actor handle
+    """Run the pipeline over ``files`` into part files ``part-<tag>-*`` in ``folder``.
+
+    Returns one entry per input (source, media, frames, faces, error) once its part is
+    committed; reports running counts to ``progress`` meanwhile.
+    """
+    if os.getcwd() != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # relative input paths mean what they meant on the driver
+    pipeline = _pipeline(options, run)
+    for tmp in Path(folder).glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
+        tmp.unlink(missing_ok=True)
+    # One part per task (no time-based commits), so a retry writes the same part names.
+    writer = DatasetWriter(Path(folder), tag, info, part_rows=2**62, part_seconds=math.inf)
+    counts: dict[str, dict] = {}
+    last = 0.0
+    try:
+        for r in pipeline.run(files):
+            writer.add(r)
+            c = counts.setdefault(r.source, {"source": r.source, "media": r.media,
+                                             "frames": 0, "faces": 0, "error": None})
+            c["frames"] += r.frames
+            c["faces"] += r.faces
+            c["error"] = r.error
+            if time.monotonic() - last > 0.5:
+                progress.report.remote({s: (v["frames"], v["faces"]) for s, v in counts.items()})
+                last = time.monotonic()
+    finally:
+        writer.close()  # commits the finished inputs (all of them, unless this failed)
+    return list(counts.values())
+
+
+# --- driver side -----------------------------------------------------------------------------
+
+class RayPipeline:
+    """The driver: ``run(files, folder, info)`` yields :class:`Counted` pieces as tasks go.
+
+    Has the :class:`Pipeline` attributes ``annotate_to`` uses: ``model`` (loaded on the CPU
+    here, for its checksum and to fail early on a bad model), ``stop`` and ``close``.
+    """
+
+    def __init__(self, options: AnnotateOptions, run: RunOptions, ray_options: RayOptions):
+        from .models import create_model
+
+        self.options, self.run_options, self.ray_options = options, run, ray_options
+        self.model = create_model(options.model, options.weights, "cpu", "fp32")
+        self.stop = threading.Event()
+
+    def close(self) -> None:
+        """Stop handing out tasks (the tasks running finish or are retried on --resume)."""
+        self.stop.set()
+
+    def _connect(self) -> bool:
+        """Connect to the cluster (or start a local Ray); True if this call did."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        address = self.ray_options.address or os.environ.get("RAY_ADDRESS") or None
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                     **({} if address else {"include_dashboard": False}))
+        except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise OutputError(f"cannot start or reach {where}: {e}") from None
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():  # Ray installs its own; cage's stop cleanly
+                signal.signal(sig, handler)
+        return True
+
+    def _task(self):  # noqa: ANN202 - a Ray remote function, and the RunOptions it runs with
+        import ray
+
+        resources = ray.cluster_resources()
+        cpus = self.run_options.threads or 1
+        slots = max(1, int(resources.get("CPU", 1) // cpus))
+        gpus = self.ray_options.gpus_per_task
+        if gpus is None:
+            gpus = min(1.0, math.floor(resources.get("GPU", 0.0) / slots * 1e4) / 1e4)
+        run = replace(self.run_options, threads=cpus,
+                      device=self.run_options.device if gpus else "cpu")
+        remote = ray.remote(annotate_task).options(
+            num_cpus=cpus, num_gpus=gpus, max_retries=self.ray_options.max_retries,
+            retry_exceptions=False)
+        return remote, run, slots
+
+    def run(self, files: list[MediaFile], folder: Path, info: dict) -> Iterator[Result]:
+        import ray
+
+        self.stop = threading.Event()
+        started = self._connect()
+        remote, run, slots = self._task()
+        n_photos = sum(f.media == "image" for f in files)
+        per_task = max(1, min(self.ray_options.photos_per_task,
+                              math.ceil(n_photos / (4 * slots))))
+        todo = batches(files, per_task)
+        progress = ray.remote(Progress).options(num_cpus=0).remote()
+        taken = progress.take.remote()
+        cwd, where = os.getcwd(), str(folder.resolve())
+        seen: dict[str, tuple[int, int]] = {}
+        done: set[str] = set()
+        media = {f.path: f.media for f in files}
+        running: dict = {}
+
+        def delta(source: str, frames: int, faces: int, finished: bool = False,
+                  error: str | None = None) -> Counted:
+            f0, n0 = seen.get(source, (0, 0))
+            seen[source] = (frames, faces)
+            return Counted(source, media.get(source, ""), frames=frames - f0, done=finished,
+                           error=error, face_count=faces - n0)
+
+        try:
+            while (todo or running) and not self.stop.is_set():
+                while todo and len(running) < 2 * slots:
+                    batch = todo.pop(0)
+                    ref = remote.remote(batch, where, task_tag(batch), info, self.options, run,
+                                        cwd, progress)
+                    running[ref] = batch
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+                if not ray.wait([taken], timeout=0)[1]:  # never wait for the progress actor
+                    for source, (frames, faces) in ray.get(taken).items():
+                        if source not in done and (frames, faces) != seen.get(source, (0, 0)):
+                            yield delta(source, frames, faces)
+                    taken = progress.take.remote()
+                for ref in ready:
+                    batch = running.pop(ref)
+                    try:
+                        entries = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        if isinstance(e.cause, OSError):
+                            raise OutputError(f"cannot write {folder}: "
+                                              f"{e.cause.strerror or e.cause}", 1) from None
+                        # One line (the task's traceback is in the Ray worker's log).
+                        raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
+                                           f"{e.cause}") from None
+                    except ray.exceptions.RayError as e:  # worker or node lost, retries spent
+                        reason = f"Ray task failed after {self.ray_options.max_retries} " \
+                                 f"retries: {type(e).__name__}"
+                        entries = [{"source": f.path, "media": f.media, "frames": 0,
+                                    "faces": 0, "error": reason} for f in batch]
+                    for e in entries:
+                        done.add(e["source"])
+                        yield delta(e["source"], e["frames"], e["faces"], True, e["error"])
+        finally:
+            for ref in running:
+                ray.cancel(ref, force=True)
+            ray.kill(progress)
+            if started:
+                ray.shutdown()
+
+
+def drop_duplicates(folder: Path) -> list[Path]:
+    """The Ray parts in ``folder``, each input in one part only; returns them in input order
+    (by their first input).
+
+    An input recorded in two parts (an attempt that committed after its driver gave up on
+    it) keeps its first; a later part is rewritten without it (atomically), or removed if
+    nothing else is left in it.
+    """
+    owner: dict[str, Path] = {}
+    kept: list[tuple[str, Path]] = []
+    for part in sorted(folder.glob(PARTS)):
+        meta = pq.read_metadata(part).metadata or {}
+        entries = json.loads(meta.get(DONE_KEY, b"[]"))
+        dup = {e["source"] for e in entries if e["source"] in owner}
+        for e in entries:
+            owner.setdefault(e["source"], part)
+        if not dup:
+            kept.append((entries[0]["source"], part))
+            continue
+        rest = [e for e in entries if e["source"] not in dup]
+        if not rest:
+            part.unlink()
+            continue
+        table = pq.read_table(part)
+        table = table.filter(pc.invert(pc.is_in(table["source"], pc.array(list(dup)))))
+        table = table.replace_schema_metadata({META_KEY: meta.get(META_KEY, b"{}"),
+                                               DONE_KEY: json.dumps(rest)})
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        _fsync_rename(tmp, part)
+        kept.append((rest[0]["source"], part))
+    return [part for _, part in sorted(kept)]

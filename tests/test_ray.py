@@ -1,0 +1,244 @@
+"""`cage annotate --ray` on a real local Ray (2 CPUs, started and shut down here): the same rows
+as a local run, a killed worker, bad inputs, a killed driver then --resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import CLIP, INTERVIEW, MEDIA, SINGLE, cage, read
+from test_runs import assert_same_rows, rows_by_key
+
+from cage_cli.cluster import have_ray
+
+needs_ray = pytest.mark.skipif(not have_ray(), reason="ray is not installed (pip install "
+                                                      "'cage-cli[ray]')")
+SAMPLING = ["--max-frames", "6"]  # every shared photo, a few frames of each video
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray with 2 CPUs for this module; the in-process runs reuse the connection,
+    subprocesses connect by address."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()  # stops every Ray process this started
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> pa.Table:
+    """The reference: an ordinary local run over the shared media."""
+    out = tmp_path_factory.mktemp("local") / "local.parquet"
+    r = cage("annotate", MEDIA, "-o", out, *SAMPLING)
+    assert r.exit_code == 0, r.stderr
+    return read(out)
+
+
+def kill_one(killed: list[int]) -> None:
+    """SIGKILL a Ray worker 1 s into a task (the model is loaded, frames are in flight)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = worker_pids()
+        if pids:
+            time.sleep(1.0)
+            if pids[0] in worker_pids():
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+        time.sleep(0.05)
+
+
+def worker_pids() -> list[int]:
+    """Ray worker processes running an annotate task now (Ray sets their process title)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith("ray::annotate_task"):
+            pids.append(p.pid)
+    return pids
+
+
+@needs_ray
+def test_same_rows_as_local_run(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """Through the Python API: the rows, their order, the metadata and the summary."""
+    from cage_cli.cluster import RayOptions
+    from cage_cli.decode import Sampling
+    from cage_cli.pipeline import AnnotateOptions
+    from cage_cli.runner import annotate_to
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
+    pieces = []
+    out = tmp_path / "ray.parquet"
+    s = annotate_to([str(MEDIA)], str(out), options, ray=RayOptions(), on_result=pieces.append,
+                    log=lambda _: None)
+    assert s.exit_code == 0 and s.files_ok == 9 and s.files_skipped == 1  # README.md
+    table = read(out)
+    assert_same_rows(table, local)
+    assert table.column("source").to_pylist() == local.column("source").to_pylist()  # order
+    assert _same_run_info(table, local)  # model, weights, options, versions
+    assert not (tmp_path / "ray.parquet.cage-partial").exists()
+    # The progress bar's feed: frames and faces add up to the rows, one done piece per input.
+    assert s.faces == sum(p.faces for p in pieces) == local.num_rows
+    assert s.frames == sum(p.frames for p in pieces) == 7 + 2 * 6
+    assert sorted(p.source for p in pieces if p.done) == sorted(
+        str(p) for p in MEDIA.iterdir() if p.suffix != ".md")
+
+    r = cage("annotate", SINGLE, "-o", "-", "--ray")
+    assert r.exit_code == 2 and "--ray needs a file or folder output" in r.stderr
+
+
+def _same_run_info(a: pa.Table, b: pa.Table) -> bool:
+    """Same run metadata but the start and end times."""
+    import json
+
+    ma, mb = (json.loads(t.schema.metadata[b"cage.run"]) for t in (a, b))
+    for m in (ma, mb):
+        for k in ("started", "finished"):
+            m.pop(k)
+    return ma == mb
+
+
+@needs_ray
+def test_worker_killed_mid_input(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """SIGKILL a worker while it runs a task: Ray retries the task, the retry's part replaces
+    anything the dead attempt left, no row is lost or doubled."""
+    from cage_cli.write import read_done
+
+    killed: list[int] = []
+
+    killer = threading.Thread(target=kill_one, args=(killed,))
+    killer.start()
+    out = tmp_path / "ds"
+    r = cage("annotate", MEDIA, "-o", f"{out}/", *SAMPLING, "--ray-address", ray_address)
+    killer.join()
+    assert killed, "no worker was running to kill"
+    assert r.exit_code == 0, r.stderr
+    # A folder output keeps one part per task (each video alone; here each photo too: 7
+    # photos over 2 CPUs), each recording the input it finished.
+    parts = sorted(out.glob("part-ray*.parquet"))
+    done = read_done(out)
+    assert set(done.sources) == {str(p) for p in MEDIA.iterdir() if p.suffix != ".md"}
+    assert len(parts) == len(done.sources) == 9 and (out / "_cage_run-ray.json").exists()
+    assert not list(out.glob(".*.tmp"))
+    assert_same_rows(pa.concat_tables(pq.read_table(p) for p in parts), local)
+
+
+@needs_ray
+def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Path) -> None:
+    """With no retries left, the inputs of a killed task are failed (exit 1), not lost
+    silently; the other inputs' rows are kept."""
+    from cage_cli.cluster import RayOptions
+    from cage_cli.decode import Sampling
+    from cage_cli.pipeline import AnnotateOptions
+    from cage_cli.runner import annotate_to
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=24))
+    inputs, out = [str(INTERVIEW), str(SINGLE)], str(tmp_path / "o.parquet")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_one, args=(killed,))
+    killer.start()
+    s = annotate_to(inputs, out, options, ray=RayOptions(max_retries=0), log=lambda _: None)
+    killer.join()
+    assert killed
+    assert s.exit_code == 1 and s.files_failed == 1
+    assert s.errors[0]["source"] == str(INTERVIEW)
+    assert s.errors[0]["error"].startswith("Ray task failed after 0 retries")
+    assert {r for r in read(Path(out))["source"].to_pylist()} == {str(SINGLE)}
+
+
+@needs_ray
+def test_bad_inputs_same_errors_as_local(ray_address: str, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    clip = CLIP.read_bytes()
+    (d / "truncated.mp4").write_bytes(clip[: len(clip) // 2])
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("hello\n")
+    (d / "face.jpg").symlink_to(SINGLE)
+
+    def run(*extra: str) -> tuple[int, set[str], pa.Table]:
+        out = tmp_path / f"out{len(extra)}.parquet"
+        r = cage("annotate", d, "-o", out, *extra)
+        lines = {x for x in r.stderr.splitlines() if x.startswith("cage: skipped ")}
+        assert "Traceback" not in r.stderr
+        return r.exit_code, lines, read(out)
+
+    code, errors, table = run()
+    ray_code, ray_errors, ray_table = run("--ray")
+    assert code == ray_code == 1
+    assert len(errors) == 3 and ray_errors == errors
+    assert_same_rows(ray_table, table)
+    assert {Path(s).name for s in table["source"].to_pylist()} == {"face.jpg"}
+
+
+def start_driver(out: Path, address: str, *extra: str) -> subprocess.Popen:
+    """`cage annotate --ray-address` in a process of its own; returns once it committed a
+    part (or ended)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cage_cli", "annotate", str(MEDIA), "-o", str(out), *SAMPLING,
+         "--ray-address", address, *extra], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial = out.with_name(out.name + ".cage-partial")
+    before = len(list(partial.glob("part-ray*.parquet")))
+    deadline = time.monotonic() + 120
+    while len(list(partial.glob("part-ray*.parquet"))) == before and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+@needs_ray
+def test_driver_killed_then_resume(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """SIGKILL the driver half-way, SIGTERM the resumed run (exit 143), resume again: the
+    rows equal an uninterrupted run's."""
+    out = tmp_path / "faces.parquet"
+    partial = tmp_path / "faces.parquet.cage-partial"
+    proc = start_driver(out, ray_address)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.kill()
+    proc.communicate()
+    committed = pa.concat_tables(pq.read_table(p) for p in partial.glob("part-ray*.parquet"))
+    assert 0 < committed.num_rows < local.num_rows  # really killed half-way
+    rows_by_key(committed)
+
+    proc = start_driver(out, ray_address, "--resume")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+    r = cage("annotate", MEDIA, "-o", out, *SAMPLING, "--ray", "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "resumed" in r.stderr
+    assert not partial.exists()
+    assert_same_rows(read(out), local)
+
+
+def test_without_ray_exits_2_with_the_install_line(tmp_path: Path) -> None:
+    """Ray made unimportable in a fresh interpreter (as if not installed)."""
+    code = ("import sys; sys.modules['ray'] = None; from cage_cli.cli import app; "
+            "app(['annotate', sys.argv[1], '-o', sys.argv[2], '--ray'])")
+    r = subprocess.run([sys.executable, "-c", code, str(SINGLE), str(tmp_path / "o.parquet")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "cage: error: --ray needs Ray: pip install 'cage-cli[ray]'"
+    assert not (tmp_path / "o.parquet").exists()
