@@ -4,15 +4,15 @@ recall that chooses the detection floor for big photos (docs/performance.md).
     python benchmarks/big_photos.py sizes    # one photo per size, 3 to 200 MP, whole process
     python benchmarks/big_photos.py recall   # a tiled group photo, faces 40-150 px
     python benchmarks/big_photos.py recall4k # the same floors on 4K video frames
-    python benchmarks/big_photos.py video 1 4  # interview.mp4 1x, 4x: RSS, speed, before/after
+    python benchmarks/big_photos.py video 1 4  # interview.mp4 1x and 4x: peak RSS, speed
 
 ``sizes`` upscales a shared portrait to each size (JPEG, written to a temporary folder) and
 runs ``python -m cage_cli annotate`` on it alone, one process per photo, reading the child's
 peak RSS (``resource.getrusage(RUSAGE_CHILDREN)``) and wall time; the memory rule is
 1.0 GB + 12 bytes per pixel. ``recall`` pastes faces from the shared photos, 40-150 px, on a
 48 MP canvas, and reports per detection floor the share of them found and the detection
-time. ``video`` runs `cage annotate` on interview.mp4 (1080p, 105 frames) and on it looped 4x,
-in child processes, with the memory settings before and after issue 18's fix, interleaved.
+time. ``video`` runs `cage annotate` on interview.mp4 (1080p, 105 frames) and on it looped
+(e.g. 4x), in child processes, with the defaults and with --detect-every 1, interleaved.
 Each prints a table and writes JSON to benchmarks/results/.
 """
 
@@ -176,34 +176,33 @@ def recall(floors: list[float]) -> list[dict]:
     return rows
 
 
-def video_run(variant: str, video: str) -> dict:
-    """One `cage annotate VIDEO -o x.parquet` in this process (run it in a fresh one).
-    ``before``: video frames on the malloc heap, as before issue 18's fix; ``after``: in
-    their own memory maps (cage_cli.decode.own_pages, today's default)."""
-    if variant == "before":
-        import cage_cli.decode
+#: `video` cases: cage's defaults, and every frame detected in full (before tracks)
+VIDEO_CASES = {"default": [], "detect-every 1": ["--detect-every", "1"]}
 
-        cage_cli.decode.own_pages = lambda image, min_bytes=0: image
+
+def video_run(case: str, video: str) -> dict:
+    """One `cage annotate VIDEO -o x.parquet` (VIDEO_CASES[case] added) in this process:
+    run it in a fresh one."""
     from cage_cli.cli import app
     from cage_cli.read import read_annotations
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         try:
-            app(["annotate", video, "-o", f"{tmp}/out.parquet", "-q"])
+            app(["annotate", video, "-o", f"{tmp}/out.parquet", "-q", *VIDEO_CASES[case]])
         except SystemExit as e:
             assert not e.code, e.code
         wall = time.perf_counter() - start
         rows = read_annotations(f"{tmp}/out.parquet").num_rows
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"variant": variant, "video": Path(video).name, "rows": rows,
+    return {"case": case, "video": Path(video).name, "rows": rows,
             "wall_s": round(wall, 2), "peak_rss": rss, "load": round(os.getloadavg()[0], 1)}
 
 
 def video(loops: tuple[int, ...] = (1,), repeats: int = 2) -> list[dict]:
-    """interview.mp4 (1080p, 105 frames) and the same looped (packets copied), before and
-    after issue 18's memory fix, interleaved, each in a fresh process; whole process
-    (imports and model loading included)."""
+    """interview.mp4 (1080p, 105 frames) and the same looped ``loops`` times (packets
+    copied), each VIDEO_CASES case, interleaved, each in a fresh process; whole process
+    (imports and model loading included). Looped videos run in the first round only."""
     from benchmarks.gpu_check import loop_video
 
     rows = []
@@ -214,18 +213,18 @@ def video(loops: tuple[int, ...] = (1,), repeats: int = 2) -> list[dict]:
                 videos[k] = f"{tmp}/interview_x{k}.mp4"
                 loop_video(MEDIA / "interview.mp4", Path(videos[k]), k)
         plan = [(k, v) for r in range(repeats) for k in loops if k == 1 or r == 0
-                for v in ("before", "after")]
-        for k, variant in plan:
+                for v in VIDEO_CASES]
+        for k, case in plan:
             code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
                     f"from benchmarks.big_photos import video_run; "
-                    f"print(json.dumps(video_run({variant!r}, {videos[k]!r})))")
+                    f"print(json.dumps(video_run({case!r}, {videos[k]!r})))")
             out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                                  text=True, check=True,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row.update(loops=k, frames=105 * k, frames_per_s=round(105 * k / row["wall_s"], 2))
             rows.append(row)
-            print(f"| {variant} | {k}x ({105 * k} frames) | {row['frames_per_s']:.2f} | "
+            print(f"| {case} | {k}x ({105 * k} frames) | {row['frames_per_s']:.2f} | "
                   f"{row['peak_rss'] / 2**20:.0f} MiB | {row['load']} |", flush=True)
     return rows
 
@@ -274,7 +273,7 @@ def main(argv: list[str]) -> None:
         print("|---|---|---|---|---|")
         rows = recall_4k([float(a) for a in argv[1:]] or [16.0, 12.0])
     elif what == "video":
-        print("| memory settings | video | frames/s | peak RSS | load |")
+        print("| case | video | frames/s | peak RSS | load |")
         print("|---|---|---|---|---|")
         rows = video(tuple(int(a) for a in argv[1:]) or (1,))
     elif what == "recall":

@@ -3,7 +3,6 @@ their packets and decoded in order by PyAV)."""
 
 from __future__ import annotations
 
-import mmap
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,19 +271,7 @@ def _upright(frame) -> np.ndarray:
     image = frame.to_ndarray(format="rgb24")
     if frame.rotation:  # degrees counterclockwise
         image = np.ascontiguousarray(np.rot90(image, frame.rotation // 90 % 4))
-    return own_pages(image)
-
-
-def own_pages(image: np.ndarray, min_bytes: int = 2**20) -> np.ndarray:
-    """``image`` copied into its own anonymous memory map (unmapped when the array goes), if
-    it is at least ``min_bytes``. Video frames live across groups while the detector's
-    temporaries come and go; in glibc's heaps they fragmented each other and a 1080p run's
-    RSS grew with its length (docs/performance.md, "Memory"). The copy costs ~1 ms a frame."""
-    if image.nbytes < min_bytes:
-        return image
-    out = np.frombuffer(mmap.mmap(-1, image.nbytes), np.uint8).reshape(image.shape)
-    out[...] = image
-    return out
+    return image
 
 
 def _frame_index(frame, start: int, base: Fraction, timestamps: np.ndarray,
