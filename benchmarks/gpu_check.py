@@ -334,7 +334,8 @@ class StageTimer:
         from cage_cli.write import DatasetWriter
 
         self._patch(cage_cli.pipeline, "frames", "decode", generator=True)
-        self._patch(Detector, "_detect_same_size", "detect")
+        self._patch(Detector, "_detect_same_size", "detect")  # keyframes, photos
+        self._patch(Detector, "relocate", "detect")  # faces followed between keyframes
         self._patch(cage_cli.infer, "crop_faces", "crop")
         self._patch(ExpressionModel, "predict", "classify")
         self._patch(cage_cli.pipeline, "to_rows", "rows")
@@ -426,9 +427,9 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
             results[name] = {"error": "skipped: over --budget-s"}
             continue
         try:
-            from cage_cli.decode import _video_index
+            from cage_cli.decode import video_index
 
-            n = len(_video_index(str(src))[0])
+            n = len(video_index(str(src))[0])
             loops = 2 if args.quick else max(1, round(target / n))
             looped = tmp / f"looped_{loops}x_{name}"
             t = time.perf_counter()
