@@ -49,28 +49,28 @@ def local(tmp_path_factory) -> pa.Table:
     return read(out)
 
 
-def kill_one(killed: list[int]) -> None:
-    """SIGKILL a Ray worker 1 s into a task (the model is loaded, frames are in flight)."""
+def kill_one(killed: list[int], task: str = "annotate_task") -> None:
+    """SIGKILL a Ray worker 1 s into a ``task`` (the model is loaded, frames are in flight)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = worker_pids()
+        pids = worker_pids(task)
         if pids:
             time.sleep(1.0)
-            if pids[0] in worker_pids():
+            if pids[0] in worker_pids(task):
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
                 return
         time.sleep(0.05)
 
 
-def worker_pids() -> list[int]:
-    """Ray worker processes running an annotate task now (Ray sets their process title)."""
+def worker_pids(task: str = "annotate_task") -> list[int]:
+    """Ray worker processes running a ``task`` now (Ray sets their process title)."""
     import psutil
 
     pids = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if cmd and cmd[0].startswith("ray::annotate_task"):
+        if cmd and cmd[0].startswith(f"ray::{task}"):
             pids.append(p.pid)
     return pids
 
@@ -186,6 +186,69 @@ def test_bad_inputs_same_errors_as_local(ray_address: str, tmp_path: Path) -> No
     assert len(errors) == 3 and ray_errors == errors
     assert_same_rows(ray_table, table)
     assert {Path(s).name for s in table["source"].to_pylist()} == {"face.jpg"}
+
+
+def test_segments_cut_at_chunk_boundaries() -> None:
+    from cage_cli.cluster import segments
+
+    assert segments(30, 10, 5) == [(0, 10), (10, 20), (20, None)]
+    assert segments(31, 10, 5) == [(0, 10), (10, 20), (20, 30), (30, None)]
+    assert segments(23, 10, 4) == [(0, 8), (8, 16), (16, None)]  # multiples of 4
+    assert segments(7, 3, 1) == [(0, 3), (3, 6), (6, None)]
+
+
+@needs_ray
+@pytest.mark.parametrize("smooth", [None, 0.5])
+def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
+                                 smooth: float | None) -> None:
+    """Videos of 30 sampled frames with segment_frames=10: each is detected as 3 segment
+    tasks (seen running), then tracked whole; the rows, track ids and --smooth values equal
+    a local run's. With --smooth a segment's worker is also killed: Ray retries the
+    segment, nothing is lost or doubled."""
+    from cage_cli.cluster import RayOptions, RayPipeline
+    from cage_cli.decode import Sampling
+    from cage_cli.inputs import MediaFile
+    from cage_cli.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.runner import annotate_to
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=30), smooth=smooth)
+    ray_options = RayOptions(segment_frames=10)
+    inputs = [str(CLIP), str(INTERVIEW)]
+    assert [len(RayPipeline(options, RunOptions(), ray_options)._segments(
+        MediaFile(p, "video"))) for p in inputs] == [3, 3]
+    s = annotate_to(inputs, str(tmp_path / "local.parquet"), options, log=lambda _: None)
+    local = read(tmp_path / "local.parquet")
+    assert s.exit_code == 0 and len(set(local["track_id"].to_pylist())) > 3  # interview
+
+    seen: set[int] = set()
+    killed: list[int] = []
+    running = threading.Event()
+
+    def watch() -> None:
+        while not running.is_set():
+            seen.update(worker_pids("segment_task"))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    killer = threading.Thread(target=kill_one, args=(killed, "segment_task"))
+    if smooth:
+        killer.start()
+    out = tmp_path / "ray.parquet"
+    try:
+        r = annotate_to(inputs, str(out), options, ray=ray_options, log=lambda _: None)
+    finally:
+        running.set()
+        watcher.join()
+        if smooth:
+            killer.join()
+    assert seen, "no segment task ran"
+    assert bool(killed) == bool(smooth)
+    assert r.exit_code == 0 and r.files_ok == 2 and r.frames == s.frames == 60
+    assert r.faces == s.faces == local.num_rows
+    table = read(out)
+    assert_same_rows(table, local)
+    assert table.to_pydict()["track_id"] == local.to_pydict()["track_id"]  # and their order
 
 
 def start_driver(out: Path, address: str, *extra: str) -> subprocess.Popen:
