@@ -4,6 +4,7 @@ as a local run, a killed worker, bad inputs, a killed driver then --resume."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,24 +202,22 @@ def test_segments_cut_at_chunk_boundaries() -> None:
 @pytest.mark.parametrize("smooth", [None, 0.5])
 def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
                                  smooth: float | None) -> None:
-    """Videos of 30 sampled frames with segment_frames=10: each is detected as 3 segment
-    tasks (seen running), then tracked whole; the rows, track ids and --smooth values equal
-    a local run's. With --smooth a segment's worker is also killed: Ray retries the
-    segment, nothing is lost or doubled."""
+    """Videos of 30 sampled frames with --ray-segment-frames 10: each is detected as 3
+    segment tasks (seen running), then tracked whole; the rows, track ids and --smooth
+    values equal a local run's. With --smooth a segment's worker is also killed: Ray
+    retries the segment, nothing is lost or doubled."""
     from cage_cli.cluster import RayOptions, RayPipeline
     from cage_cli.decode import Sampling
     from cage_cli.inputs import MediaFile
     from cage_cli.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.runner import annotate_to
 
-    options = AnnotateOptions(sampling=Sampling(max_frames=30), smooth=smooth)
-    ray_options = RayOptions(segment_frames=10)
-    inputs = [str(CLIP), str(INTERVIEW)]
-    assert [len(RayPipeline(options, RunOptions(), ray_options)._segments(
-        MediaFile(p, "video"))) for p in inputs] == [3, 3]
-    s = annotate_to(inputs, str(tmp_path / "local.parquet"), options, log=lambda _: None)
+    options = AnnotateOptions(sampling=Sampling(max_frames=30))
+    assert [len(RayPipeline(options, RunOptions(), RayOptions(segment_frames=10))._segments(
+        MediaFile(str(p), "video"))) for p in (CLIP, INTERVIEW)] == [3, 3]
+    args = [CLIP, INTERVIEW, "--max-frames", "30", *(["--smooth", str(smooth)] if smooth else [])]
+    local_run = cage("annotate", *args, "-o", tmp_path / "local.parquet")
     local = read(tmp_path / "local.parquet")
-    assert s.exit_code == 0 and len(set(local["track_id"].to_pylist())) > 3  # interview
+    assert local_run.exit_code == 0 and len(set(local["track_id"].to_pylist())) > 3  # interview
 
     seen: set[int] = set()
     killed: list[int] = []
@@ -236,7 +235,7 @@ def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
         killer.start()
     out = tmp_path / "ray.parquet"
     try:
-        r = annotate_to(inputs, str(out), options, ray=ray_options, log=lambda _: None)
+        r = cage("annotate", *args, "-o", out, "--ray", "--ray-segment-frames", "10")
     finally:
         running.set()
         watcher.join()
@@ -244,11 +243,19 @@ def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
             killer.join()
     assert seen, "no segment task ran"
     assert bool(killed) == bool(smooth)
-    assert r.exit_code == 0 and r.files_ok == 2 and r.frames == s.frames == 60
-    assert r.faces == s.faces == local.num_rows
+    assert r.exit_code == 0, r.stderr
+    # The summary (fed by the progress reports of the segments, then the commit task).
+    assert summary_counts(r.stderr) == summary_counts(local_run.stderr) == {
+        "files ok": 2, "frames": 60, "faces": local.num_rows}
     table = read(out)
     assert_same_rows(table, local)
     assert table.to_pydict()["track_id"] == local.to_pydict()["track_id"]  # and their order
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    """The end summary's files ok, frames and faces."""
+    found = re.findall(r"^\W*(files ok|frames|faces)\W+(\d+)\W*$", stderr, re.M)
+    return {k: int(v) for k, v in found}
 
 
 def start_driver(out: Path, address: str, *extra: str) -> subprocess.Popen:
