@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .cluster_progress import Progress
-from .decode import sampled_count
+from .decode import estimated_count
 from .inputs import MediaFile
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
@@ -261,12 +261,14 @@ class RayPipeline:
         return remote, segment, run, slots
 
     def _segments(self, file: MediaFile) -> list[tuple[int, int | None]]:
-        """The segments of a long video (cluster.segments), or [] for one task."""
+        """The segments of a long video (cluster.segments), or [] for one task. Cut where its
+        header says: the rows do not depend on it (the last segment is open-ended, and a
+        segment past the end has no frames)."""
         size = self.ray_options.segment_frames
         if size is None or file.media != "video":
             return []
-        try:  # the packets only (no decoding), on the driver
-            count = sampled_count(file.path, self.options.sampling)
+        try:  # the header only, on the driver
+            count = estimated_count(file.path, self.options.sampling)
         except Exception:  # noqa: BLE001 - a bad file: its task reports why
             return []
         return segments(count, size, self.options.detect_every) if count > size else []

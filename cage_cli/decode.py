@@ -152,9 +152,21 @@ def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
     return idx
 
 
-def sampled_count(path: str, sampling: Sampling) -> int:
-    """How many frames of the video ``frames`` yields (from the packets, no decoding)."""
-    return len(sample_indices(video_index(path, sampling.max_pixels)[0], sampling))
+def estimated_count(path: str, sampling: Sampling) -> int:
+    """About how many frames of the video ``frames`` yields, from its header only (frame
+    count or duration, and frame rate; milliseconds, where indexing the packets takes a
+    second or more per hour of video); 0 if the header does not say."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or 0)
+        n = stream.frames
+        if not n and stream.duration and stream.time_base:
+            n = round(float(stream.duration * stream.time_base) * rate)
+    if not n or not rate:
+        return 0
+    return len(sample_indices(np.arange(n) / rate, sampling))
 
 
 def _video_frames(path: str, sampling: Sampling,

@@ -87,7 +87,7 @@ class Result:
 class Detections:
     """Consecutive frames of one video, detected and classified, not yet tracked."""
 
-    frames: list[Frame]  # their images are (H, W, 0): the size without the pixels
+    frames: list[Frame]  # a segment's: images (H, W, 0), the frame size without the pixels
     faces: list[Faces]
     preds: dict[str, np.ndarray]
 

@@ -198,6 +198,35 @@ def test_segments_cut_at_chunk_boundaries() -> None:
     assert segments(7, 3, 1) == [(0, 3), (3, 6), (6, None)]
 
 
+def test_segment_rows_do_not_depend_on_the_cuts() -> None:
+    """In-process, no Ray: a video's segments tracked in order (cluster._joined) give the
+    whole run's rows, also when the cuts come from a wrong frame count (the driver reads it
+    from the header): segments past the end are empty, the open-ended last one takes the
+    rest. --keep-empty rows and --smooth values too."""
+    from cage_cli.cluster import _joined, segments
+    from cage_cli.decode import Sampling, estimated_count
+    from cage_cli.inputs import MediaFile
+    from cage_cli.pipeline import AnnotateOptions, Pipeline, RunOptions
+    from cage_cli.schema import SCHEMA
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=30), keep_empty=True, smooth=0.5)
+    pipeline, clip = Pipeline(options, RunOptions(threads=1)), MediaFile(str(CLIP), "video")
+    assert estimated_count(clip.path, options.sampling) == 30
+
+    def table(results) -> pa.Table:
+        return pa.Table.from_batches([r.rows for r in results if r.rows is not None], SCHEMA)
+
+    whole = table(pipeline.run([clip]))
+    assert whole.num_rows == 30
+    for count in (12, 30, 50):  # too few, right, too many
+        cuts = segments(count, 10, options.detect_every)
+        parts = tuple(list(pipeline.run([clip], p)) for p in cuts)
+        assert sum(r.frames for part in parts for r in part) == 30
+        results = list(_joined(pipeline, clip, parts))
+        assert results[-1].done and results[-1].error is None
+        assert_same_rows(table(results), whole)
+
+
 @needs_ray
 @pytest.mark.parametrize("smooth", [None, 0.5])
 def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
