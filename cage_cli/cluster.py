@@ -3,7 +3,9 @@
 The driver splits the inputs into tasks (each video alone, photos in small batches). A task
 runs the ordinary :class:`~cage_cli.pipeline.Pipeline` over its inputs, in a worker process
 that keeps the model loaded between tasks, and writes its rows with the ordinary
-:class:`~cage_cli.write.DatasetWriter` into the output's part folder:
+:class:`~cage_cli.write.DatasetWriter` into the output's part folder. A long video is first
+detected in segments (``segment_task``, cut at --detect-every chunk boundaries), and its task
+tracks their detections in order into the rows of a local run:
 
 * The part names are fixed by the task's inputs (``part-ray<hash>-<seq>.parquet``, one part
   per task, a video of more than 20,000 rows in a part of its own). So when Ray retries a
