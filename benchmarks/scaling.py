@@ -65,7 +65,8 @@ def child(case: dict) -> dict:
 
         ray.init(num_cpus=case["ray"], include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
-        extra["ray"] = RayOptions()
+        extra["ray"] = RayOptions(segment_frames=case.get("segment_frames",
+                                                          RayOptions.segment_frames))
     tmp = Path(case["tmp"])
     # Warm-up: on as many inputs as there are workers, so that every worker loads the model.
     warm = [str(MEDIA / "single_face.jpg")] * 1 + [str(MEDIA / "multiface.jpg")]

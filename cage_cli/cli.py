@@ -232,6 +232,11 @@ def annotate(
         metavar="ADDRESS", show_default="$RAY_ADDRESS, else a local Ray",
         help="Ray cluster to connect to, e.g. ray://head:10001 (implies --ray).",
         rich_help_panel="Runs")] = None,
+    ray_segment_frames: Annotated[int, typer.Option(
+        metavar="N", min=0,
+        help="With --ray, detect a video of more than N sampled frames in segments of about "
+             "N frames, one task each (same rows); 0: never split.",
+        rich_help_panel="Runs")] = 2000,  # cage_cli.cluster.RayOptions.segment_frames
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -325,7 +330,8 @@ def annotate(
                 shard=shard_ij, errors_file=errors, found=found,
                 on_start=progress.start, on_result=progress.update,
                 log=progress.log, part_seconds=part_seconds,
-                ray=RayOptions(address=ray_address) if ray else None,
+                ray=RayOptions(address=ray_address,
+                               segment_frames=ray_segment_frames or None) if ray else None,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))

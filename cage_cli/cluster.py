@@ -3,7 +3,9 @@
 The driver splits the inputs into tasks (each video alone, photos in small batches). A task
 runs the ordinary :class:`~cage_cli.pipeline.Pipeline` over its inputs, in a worker process
 that keeps the model loaded between tasks, and writes its rows with the ordinary
-:class:`~cage_cli.write.DatasetWriter` into the output's part folder:
+:class:`~cage_cli.write.DatasetWriter` into the output's part folder. A long video is first
+detected in segments (``segment_task``, cut at --detect-every chunk boundaries), and its task
+tracks their detections in order into the rows of a local run:
 
 * The part names are fixed by the task's inputs (``part-ray<hash>-<seq>.parquet``, one part
   per task, a video of more than 20,000 rows in a part of its own). So when Ray retries a
@@ -37,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .cluster_progress import Progress
+from .decode import estimated_count
 from .inputs import MediaFile
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
@@ -56,6 +59,9 @@ class RayOptions:
     #: slots (1 GPU and 16 CPUs: 1/16 each), since each task decodes on one CPU; 0: no GPU
     gpus_per_task: float | None = None
     max_retries: int = 3  # per task, when its worker or node dies
+    #: a video of more sampled frames than this is detected in segments of about this many
+    #: frames, one task each, then tracked whole (docs/scaling.md); None: never split
+    segment_frames: int | None = 2000
 
 
 def have_ray() -> bool:
@@ -97,6 +103,16 @@ def batches(files: list[MediaFile], per_task: int) -> list[list[MediaFile]]:
     return out
 
 
+def segments(count: int, size: int, every: int) -> list[tuple[int, int | None]]:
+    """Sampled-frame positions (first, end) of the segments of a video of ``count`` sampled
+    frames: about ``size`` frames each, cut at chunk boundaries (multiples of ``every``,
+    --detect-every) so that no chunk is split; the last is open-ended."""
+    n = math.ceil(count / size)
+    step = math.ceil(count / n / every) * every
+    cuts = list(range(0, count, step))
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False)] + [(cuts[-1], None)]
+
+
 def task_tag(files: list[MediaFile]) -> str:
     """The part tag of a task: fixed by its inputs, so a retry writes the same names."""
     digest = hashlib.sha1("\n".join(f.path for f in files).encode("utf-8", "surrogateescape"))
@@ -111,16 +127,61 @@ def _pipeline(options: AnnotateOptions, run: RunOptions) -> Pipeline:
     return Pipeline(options, run)
 
 
+def _chdir(cwd: str) -> None:
+    if os.getcwd() != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # relative input paths mean what they meant on the driver
+
+
+def segment_task(file: MediaFile, positions: tuple[int, int | None],
+                 options: AnnotateOptions, run: RunOptions, cwd: str,
+                 progress) -> list[Result]:  # noqa: ANN001 - a Ray actor handle
+    """Detect and classify one segment of a video (its sampled frames at ``positions``):
+    :class:`~cage_cli.pipeline.Detections` pieces, then the done piece (with the decode
+    error, if any). No rows: the video's ``annotate_task`` tracks the segments in order."""
+    _chdir(cwd)
+    out: list[Result] = []
+    frames = faces = 0
+    last = 0.0
+    for r in _pipeline(options, run).run([file], positions):
+        out.append(r)
+        if r.detections is not None:
+            frames += r.frames
+            faces += sum(len(d) for d in r.detections.faces)
+            if time.monotonic() - last > 0.5:
+                progress.report.remote({(file.path, positions[0]): (frames, faces)})
+                last = time.monotonic()
+    return out
+
+
+def _joined(pipeline: Pipeline, file: MediaFile,
+            parts: tuple[list[Result], ...]) -> Iterator[Result]:
+    """The results of a video detected in segments: the tracker runs over the segments'
+    detections in order (as over a local run's), and stops where decoding broke."""
+    pipeline._tracking = None  # noqa: SLF001 - a new video
+    error = None
+    for part in parts:
+        for r in part:
+            if r.detections is not None:
+                yield pipeline.rows(file.path, file.media, r.detections)
+            elif r.error:
+                error = r.error
+        if error:  # a local run decodes no further either
+            break
+    failed = pipeline._failed.pop(file.path, None)  # noqa: SLF001 - a frame failed detection
+    yield Result(file.path, file.media, done=True, error=error or failed)
+
+
 def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
                   options: AnnotateOptions, run: RunOptions, cwd: str,
-                  progress) -> list[dict]:  # noqa: ANN001 - a Ray actor handle
-    """Run the pipeline over ``files`` into part files ``part-<tag>-*`` in ``folder``.
+                  progress, *parts: list[Result]) -> list[dict]:  # noqa: ANN001 - an actor
+    """Run the pipeline over ``files`` into part files ``part-<tag>-*`` in ``folder``; or,
+    given the ``parts`` (segment_task results, in order) of a long video, ``files`` being
+    that video, track their detections into its rows.
 
     Returns one entry per input (source, media, frames, faces, error) once its part is
     committed; reports running counts to ``progress`` meanwhile.
     """
-    if os.getcwd() != cwd and os.path.isdir(cwd):
-        os.chdir(cwd)  # relative input paths mean what they meant on the driver
+    _chdir(cwd)
     pipeline = _pipeline(options, run)
     for tmp in Path(folder).glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
         tmp.unlink(missing_ok=True)
@@ -129,15 +190,17 @@ def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
     counts: dict[str, dict] = {}
     last = 0.0
     try:
-        for r in pipeline.run(files):
+        results = _joined(pipeline, files[0], parts) if parts else pipeline.run(files)
+        for r in results:
             writer.add(r)
             c = counts.setdefault(r.source, {"source": r.source, "media": r.media,
                                              "frames": 0, "faces": 0, "error": None})
             c["frames"] += r.frames
             c["faces"] += r.faces
             c["error"] = r.error
-            if time.monotonic() - last > 0.5:
-                progress.report.remote({s: (v["frames"], v["faces"]) for s, v in counts.items()})
+            if time.monotonic() - last > 0.5 and not parts:
+                progress.report.remote({(s, 0): (v["frames"], v["faces"])
+                                        for s, v in counts.items()})
                 last = time.monotonic()
     finally:
         writer.close()  # commits the finished inputs (all of them, unless this failed)
@@ -194,17 +257,30 @@ class RayPipeline:
             gpus = min(1.0, math.floor(resources.get("GPU", 0.0) / slots * 1e4) / 1e4)
         run = replace(self.run_options, threads=cpus,
                       device=self.run_options.device if gpus else "cpu")
-        remote = ray.remote(annotate_task).options(
+        remote, segment = (ray.remote(f).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=self.ray_options.max_retries,
-            retry_exceptions=False)
-        return remote, run, slots
+            retry_exceptions=False) for f in (annotate_task, segment_task))
+        return remote, segment, run, slots
+
+    def _segments(self, file: MediaFile) -> list[tuple[int, int | None]]:
+        """The segments of a long video (cluster.segments), or [] for one task. Cut where its
+        header says: the rows do not depend on it (the last segment is open-ended, and a
+        segment past the end has no frames)."""
+        size = self.ray_options.segment_frames
+        if size is None or file.media != "video":
+            return []
+        try:  # the header only, on the driver
+            count = estimated_count(file.path, self.options.sampling)
+        except Exception:  # noqa: BLE001 - a bad file: its task reports why
+            return []
+        return segments(count, size, self.options.detect_every) if count > size else []
 
     def run(self, files: list[MediaFile], folder: Path, info: dict) -> Iterator[Result]:
         import ray
 
         self.stop = threading.Event()
         started = self._connect()
-        remote, run, slots = self._task()
+        remote, segment, run, slots = self._task()
         n_photos = sum(f.media == "image" for f in files)
         per_task = max(1, min(self.ray_options.photos_per_task,
                               math.ceil(n_photos / (4 * slots))))
@@ -213,9 +289,10 @@ class RayPipeline:
         taken = progress.take.remote()
         cwd, where = os.getcwd(), str(folder.resolve())
         seen: dict[str, tuple[int, int]] = {}
+        live: dict[str, dict[int, tuple[int, int]]] = {}  # input -> segment -> its counts
         done: set[str] = set()
         media = {f.path: f.media for f in files}
-        running: dict = {}
+        running: dict = {}  # the task that commits an input -> (its inputs, tasks it takes)
 
         def delta(source: str, frames: int, faces: int, finished: bool = False,
                   error: str | None = None) -> Counted:
@@ -226,19 +303,25 @@ class RayPipeline:
 
         try:
             while (todo or running) and not self.stop.is_set():
-                while todo and len(running) < 2 * slots:
+                while todo and sum(n for _, n, _ in running.values()) < 2 * slots:
                     batch = todo.pop(0)
+                    parts = [segment.remote(batch[0], p, self.options, run, cwd, progress)
+                             for p in self._segments(batch[0])]
                     ref = remote.remote(batch, where, task_tag(batch), info, self.options, run,
-                                        cwd, progress)
-                    running[ref] = batch
+                                        cwd, progress, *parts)
+                    running[ref] = (batch, max(1, len(parts)), parts)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
                 if not ray.wait([taken], timeout=0)[1]:  # never wait for the progress actor
-                    for source, (frames, faces) in ray.get(taken).items():
-                        if source not in done and (frames, faces) != seen.get(source, (0, 0)):
+                    for (source, part), counts in ray.get(taken).items():
+                        if source in done:
+                            continue
+                        live.setdefault(source, {})[part] = counts
+                        frames, faces = map(sum, zip(*live[source].values(), strict=True))
+                        if (frames, faces) != seen.get(source, (0, 0)):
                             yield delta(source, frames, faces)
                     taken = progress.take.remote()
                 for ref in ready:
-                    batch = running.pop(ref)
+                    batch = running.pop(ref)[0]
                     try:
                         entries = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:
@@ -257,8 +340,9 @@ class RayPipeline:
                         done.add(e["source"])
                         yield delta(e["source"], e["frames"], e["faces"], True, e["error"])
         finally:
-            for ref in running:
-                ray.cancel(ref, force=True)
+            for ref, (_, _, parts) in running.items():
+                for r in (ref, *parts):
+                    ray.cancel(r, force=True)
             ray.kill(progress)
             if started:
                 ray.shutdown()

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 
 class Progress:
-    """Running counts per input, reported by tasks and taken by the driver."""
+    """Running counts (frames, faces) per input and segment (its first frame position; 0 for
+    a whole input), reported by tasks and taken by the driver."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, tuple[int, int]] = {}
+        self.counts: dict[tuple[str, int], tuple[int, int]] = {}
 
-    def report(self, counts: dict[str, tuple[int, int]]) -> None:
+    def report(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
         self.counts.update(counts)
 
-    def take(self) -> dict[str, tuple[int, int]]:
+    def take(self) -> dict[tuple[str, int], tuple[int, int]]:
         out, self.counts = self.counts, {}
         return out

@@ -47,13 +47,16 @@ class Frame:
     position: int = 0  # videos: 0, 1, ... over the sampled frames (cage_cli.detect's chunks)
 
 
-def frames(file: MediaFile, sampling: Sampling = Sampling()) -> Iterator[Frame]:
-    """Yield the sampled frames of ``file``; raises DecodeError (after any good frames)."""
+def frames(file: MediaFile, sampling: Sampling = Sampling(),
+           positions: tuple[int, int | None] | None = None) -> Iterator[Frame]:
+    """Yield the sampled frames of ``file``; raises DecodeError (after any good frames).
+    ``positions`` (first, end): of a video, only the sampled frames at those positions (a
+    segment of a ``--ray`` run), numbered as in the whole video."""
     _check_readable(file.path)
     if file.media == "image":
         yield Frame(file.path, "image", 0, None, load_image(file.path, sampling.max_pixels))
     else:
-        yield from _video_frames(file.path, sampling)
+        yield from _video_frames(file.path, sampling, positions)
 
 
 def check_size(width: int, height: int, max_pixels: int | None) -> None:
@@ -149,7 +152,25 @@ def sample_indices(timestamps: np.ndarray, s: Sampling) -> np.ndarray:
     return idx
 
 
-def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
+def estimated_count(path: str, sampling: Sampling) -> int:
+    """About how many frames of the video ``frames`` yields, from its header only (frame
+    count or duration, and frame rate; milliseconds, where indexing the packets takes a
+    second or more per hour of video); 0 if the header does not say."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or 0)
+        n = stream.frames
+        if not n and stream.duration and stream.time_base:
+            n = round(float(stream.duration * stream.time_base) * rate)
+    if not n or not rate:
+        return 0
+    return len(sample_indices(np.arange(n) / rate, sampling))
+
+
+def _video_frames(path: str, sampling: Sampling,
+                  positions: tuple[int, int | None] | None = None) -> Iterator[Frame]:
     """Sampled frames of a video: its packets index it (timestamps and keyframes, no
     decoding), PyAV decodes it in order.
 
@@ -159,8 +180,12 @@ def _video_frames(path: str, sampling: Sampling) -> Iterator[Frame]:
     """
     timestamps, keys = video_index(path, sampling.max_pixels)
     want = sample_indices(timestamps, sampling)
+    first = 0
+    if positions is not None:
+        first = positions[0]
+        want = want[first : positions[1]]
     if len(want):
-        yield from _decode(path, timestamps, keys, want)
+        yield from _decode(path, timestamps, keys, want, first)
 
 
 def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:
@@ -211,8 +236,9 @@ def _seconds(ticks: np.ndarray, time_base: Fraction) -> np.ndarray:
 
 
 def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
-            want: np.ndarray) -> Iterator[Frame]:
-    """Decode in order and yield the ``want`` frames (sorted indices). Each decoded frame is
+            want: np.ndarray, first: int = 0) -> Iterator[Frame]:
+    """Decode in order and yield the ``want`` frames (sorted indices), at positions
+    ``first``, ``first`` + 1, ... Each decoded frame is
     matched to its index by its timestamp; the decoder seeks to a keyframe when one lies
     between the current frame and the next wanted frame, so sparse sampling skips ahead."""
     import av
@@ -250,7 +276,8 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
                 while j < len(wanted) and wanted[j] < i:  # not in the stream: skip
                     j += 1
                 if j < len(wanted) and wanted[j] == i:
-                    yield Frame(path, "video", i, float(timestamps[i]), _upright(frame), j)
+                    yield Frame(path, "video", i, float(timestamps[i]), _upright(frame),
+                                first + j)
                     j += 1
                 if can_seek and j < len(wanted) and keyframe_before(wanted[j]) > max(i + 1,
                                                                                     sought):

@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +71,9 @@ class Result:
     frames: int = 0
     done: bool = False
     error: str | None = None
+    #: a segment of a ``--ray`` run (``Pipeline.run(..., positions)``): a video's frames
+    #: (without pixels), faces and predictions before tracking, instead of rows
+    detections: Detections | None = None
 
     @property
     def faces(self) -> int:
@@ -78,6 +81,15 @@ class Result:
         if self.rows is None:
             return 0
         return self.rows.num_rows - self.rows.column("face_index").null_count
+
+
+@dataclass
+class Detections:
+    """Consecutive frames of one video, detected and classified, not yet tracked."""
+
+    frames: list[Frame]  # a segment's: images (H, W, 0), the frame size without the pixels
+    faces: list[Faces]
+    preds: dict[str, np.ndarray]
 
 
 @dataclass
@@ -122,7 +134,8 @@ class _Budget:
 
 
 def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
-                budget: _Budget, stop: threading.Event) -> None:
+                budget: _Budget, stop: threading.Event,
+                positions: tuple[int, int | None] | None = None) -> None:
     """Producer thread: decode every file into ``out``, then _STOP."""
     try:
         for file in files:
@@ -130,7 +143,7 @@ def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
                 break
             n, error = 0, None
             try:
-                for frame in frames(file, sampling):
+                for frame in frames(file, sampling, positions):
                     if stop.is_set():
                         error = "interrupted"
                         break
@@ -162,19 +175,27 @@ class Pipeline:
         self.stop = threading.Event()
         self._failed: dict[str, str] = {}  # source -> why a frame of it failed detection
         self._tracking: tuple[str, track.TrackState] | None = None  # the current video's
+        self._segment = False  # run(..., positions): yield Detections, not rows
 
-    def run(self, files: list[MediaFile]) -> Iterator[Result]:
+    def run(self, files: list[MediaFile],
+            positions: tuple[int, int | None] | None = None) -> Iterator[Result]:
         """Results for ``files``, in order. Decoding runs ahead in a thread, bounded by
         ``buffer_mb``. Frames are grouped (``frames_per_batch`` frames, half the buffer, or
         whatever has come when the decoder pauses and the last group's detection is done).
         When a group is ready, the last group's classification is queued, then this group's
-        detection, so the workers detect while this thread builds rows."""
+        detection, so the workers detect while this thread builds rows.
+
+        With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.cluster),
+        videos give only their sampled frames at those positions, as :class:`Detections`
+        (see :meth:`rows`) instead of rows."""
         ro = self.run_options
         self.stop = threading.Event()
+        self._segment = positions is not None
         q: queue.Queue = queue.Queue()
         budget = _Budget(ro.buffer_mb * 2**20)
         producer = threading.Thread(
-            target=_decode_all, args=(files, self.options.sampling, q, budget, self.stop),
+            target=_decode_all,
+            args=(files, self.options.sampling, q, budget, self.stop, positions),
             daemon=True,
         )
         producer.start()
@@ -288,19 +309,32 @@ class Pipeline:
                 i += 1
                 k += 1
             run_frames, run_faces = fr[start:k], faces[start:k]
-            if any(d.error for d in run_faces):  # no rows; the file fails at its end
-                self._failed.setdefault(item.source, next(d.error for d in run_faces
-                                                          if d.error))
-                kept = [(f, d) for f, d in zip(run_frames, run_faces, strict=True)
-                        if not d.error]
-                run_frames, run_faces = [f for f, _ in kept], [d for _, d in kept]
-            n = sum(len(d) for d in run_faces)
+            n = sum(len(d) for d in run_faces)  # a frame that failed detection has none
             run_preds = {key: v[j : j + n] for key, v in preds.items()}
             j += n
-            if item.media == "video":
-                run_preds = self._track(run_frames, run_faces, run_preds)
-            rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
-            yield Result(item.source, item.media, rows, frames=len(run_frames))
+            if self._segment and item.media == "video":
+                pixelless = [replace(f, image=np.empty((*f.image.shape[:2], 0), np.uint8))
+                             for f in run_frames]
+                yield Result(item.source, item.media, frames=len(run_frames),
+                             detections=Detections(pixelless, run_faces, run_preds))
+            else:
+                yield self.rows(item.source, item.media,
+                                Detections(run_frames, run_faces, run_preds))
+
+    def rows(self, source: str, media: str, d: Detections) -> Result:
+        """The rows of consecutive frames of one file. Videos are tracked here, in frame
+        order: a ``--ray`` run that detected a video in segments gives each segment's
+        :class:`Detections` here in order, and gets the rows of a local run."""
+        run_frames, run_faces, run_preds = d.frames, d.faces, d.preds
+        if any(f.error for f in run_faces):  # no rows; the file fails at its end
+            self._failed.setdefault(source, next(f.error for f in run_faces if f.error))
+            kept = [(fr, f) for fr, f in zip(run_frames, run_faces, strict=True)
+                    if not f.error]
+            run_frames, run_faces = [fr for fr, _ in kept], [f for _, f in kept]
+        if media == "video":
+            run_preds = self._track(run_frames, run_faces, run_preds)
+        rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
+        return Result(source, media, rows, frames=len(run_frames))
 
 
 def annotate(inputs: Iterable[str], options: AnnotateOptions = AnnotateOptions(),

@@ -4,6 +4,7 @@ as a local run, a killed worker, bad inputs, a killed driver then --resume."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,28 +50,28 @@ def local(tmp_path_factory) -> pa.Table:
     return read(out)
 
 
-def kill_one(killed: list[int]) -> None:
-    """SIGKILL a Ray worker 1 s into a task (the model is loaded, frames are in flight)."""
+def kill_one(killed: list[int], task: str = "annotate_task") -> None:
+    """SIGKILL a Ray worker 1 s into a ``task`` (the model is loaded, frames are in flight)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = worker_pids()
+        pids = worker_pids(task)
         if pids:
             time.sleep(1.0)
-            if pids[0] in worker_pids():
+            if pids[0] in worker_pids(task):
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
                 return
         time.sleep(0.05)
 
 
-def worker_pids() -> list[int]:
-    """Ray worker processes running an annotate task now (Ray sets their process title)."""
+def worker_pids(task: str = "annotate_task") -> list[int]:
+    """Ray worker processes running a ``task`` now (Ray sets their process title)."""
     import psutil
 
     pids = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if cmd and cmd[0].startswith("ray::annotate_task"):
+        if cmd and cmd[0].startswith(f"ray::{task}"):
             pids.append(p.pid)
     return pids
 
@@ -186,6 +187,104 @@ def test_bad_inputs_same_errors_as_local(ray_address: str, tmp_path: Path) -> No
     assert len(errors) == 3 and ray_errors == errors
     assert_same_rows(ray_table, table)
     assert {Path(s).name for s in table["source"].to_pylist()} == {"face.jpg"}
+
+
+def test_segments_cut_at_chunk_boundaries() -> None:
+    from cage_cli.cluster import segments
+
+    assert segments(30, 10, 5) == [(0, 10), (10, 20), (20, None)]
+    assert segments(31, 10, 5) == [(0, 10), (10, 20), (20, 30), (30, None)]
+    assert segments(23, 10, 4) == [(0, 8), (8, 16), (16, None)]  # multiples of 4
+    assert segments(7, 3, 1) == [(0, 3), (3, 6), (6, None)]
+
+
+def test_segment_rows_do_not_depend_on_the_cuts() -> None:
+    """In-process, no Ray: a video's segments tracked in order (cluster._joined) give the
+    whole run's rows, also when the cuts come from a wrong frame count (the driver reads it
+    from the header): segments past the end are empty, the open-ended last one takes the
+    rest. --keep-empty rows and --smooth values too."""
+    from cage_cli.cluster import _joined, segments
+    from cage_cli.decode import Sampling, estimated_count
+    from cage_cli.inputs import MediaFile
+    from cage_cli.pipeline import AnnotateOptions, Pipeline, RunOptions
+    from cage_cli.schema import SCHEMA
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=30), keep_empty=True, smooth=0.5)
+    pipeline, clip = Pipeline(options, RunOptions(threads=1)), MediaFile(str(CLIP), "video")
+    assert estimated_count(clip.path, options.sampling) == 30
+
+    def table(results) -> pa.Table:
+        return pa.Table.from_batches([r.rows for r in results if r.rows is not None], SCHEMA)
+
+    whole = table(pipeline.run([clip]))
+    assert whole.num_rows == 30
+    for count in (12, 30, 50):  # too few, right, too many
+        cuts = segments(count, 10, options.detect_every)
+        parts = tuple(list(pipeline.run([clip], p)) for p in cuts)
+        assert sum(r.frames for part in parts for r in part) == 30
+        results = list(_joined(pipeline, clip, parts))
+        assert results[-1].done and results[-1].error is None
+        assert_same_rows(table(results), whole)
+
+
+@needs_ray
+@pytest.mark.parametrize("smooth", [None, 0.5])
+def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
+                                 smooth: float | None) -> None:
+    """Videos of 30 sampled frames with --ray-segment-frames 10: each is detected as 3
+    segment tasks (seen running), then tracked whole; the rows, track ids and --smooth
+    values equal a local run's. With --smooth a segment's worker is also killed: Ray
+    retries the segment, nothing is lost or doubled."""
+    from cage_cli.cluster import RayOptions, RayPipeline
+    from cage_cli.decode import Sampling
+    from cage_cli.inputs import MediaFile
+    from cage_cli.pipeline import AnnotateOptions, RunOptions
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=30))
+    assert [len(RayPipeline(options, RunOptions(), RayOptions(segment_frames=10))._segments(
+        MediaFile(str(p), "video"))) for p in (CLIP, INTERVIEW)] == [3, 3]
+    args = [CLIP, INTERVIEW, "--max-frames", "30", *(["--smooth", str(smooth)] if smooth else [])]
+    local_run = cage("annotate", *args, "-o", tmp_path / "local.parquet")
+    local = read(tmp_path / "local.parquet")
+    assert local_run.exit_code == 0 and len(set(local["track_id"].to_pylist())) > 3  # interview
+
+    seen: set[int] = set()
+    killed: list[int] = []
+    running = threading.Event()
+
+    def watch() -> None:
+        while not running.is_set():
+            seen.update(worker_pids("segment_task"))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    killer = threading.Thread(target=kill_one, args=(killed, "segment_task"))
+    if smooth:
+        killer.start()
+    out = tmp_path / "ray.parquet"
+    try:
+        r = cage("annotate", *args, "-o", out, "--ray", "--ray-segment-frames", "10")
+    finally:
+        running.set()
+        watcher.join()
+        if smooth:
+            killer.join()
+    assert seen, "no segment task ran"
+    assert bool(killed) == bool(smooth)
+    assert r.exit_code == 0, r.stderr
+    # The summary (fed by the progress reports of the segments, then the commit task).
+    assert summary_counts(r.stderr) == summary_counts(local_run.stderr) == {
+        "files ok": 2, "frames": 60, "faces": local.num_rows}
+    table = read(out)
+    assert_same_rows(table, local)
+    assert table.to_pydict()["track_id"] == local.to_pydict()["track_id"]  # and their order
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    """The end summary's files ok, frames and faces."""
+    found = re.findall(r"^\W*(files ok|frames|faces)\W+(\d+)\W*$", stderr, re.M)
+    return {k: int(v) for k, v in found}
 
 
 def start_driver(out: Path, address: str, *extra: str) -> subprocess.Popen:
