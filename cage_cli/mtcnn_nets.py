@@ -26,6 +26,8 @@ from torch import nn
 #: it offsets each class's boxes apart (the "coordinate trick", which rounds the coordinates)
 _VANILLA_NUMEL = {"cpu": 4000}
 _VANILLA_NUMEL_OTHER = 100_000
+#: nms computes all pairs' IoU at once up to this many boxes (250k pairs, a few MB)
+_MATRIX_MAX = 500
 
 
 def weights_dir() -> Path:
@@ -145,16 +147,29 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
     areas = (x2 - x1) * (y2 - y1)
     zero = b.dtype.type(0)
-    alive = np.arange(len(b))  # positions in ``order`` not yet kept nor suppressed
-    keep = []
-    while len(alive):
-        i, rest = alive[0], alive[1:]
-        keep.append(i)
+
+    def over(i: np.ndarray | int, rest: np.ndarray | slice) -> np.ndarray:
+        """IoU > iou_threshold of boxes i and rest (broadcast), computed as torchvision
+        does, and compared in double as its C++ does."""
         w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
-        alive = rest[~(iou.astype(np.float64) > iou_threshold)]  # compared as C++ does: double
+        return (inter / (areas[i] + areas[rest] - inter)).astype(np.float64) > iou_threshold
+
+    keep = []
+    if len(b) <= _MATRIX_MAX:  # all pairs at once, then the greedy pass over booleans
+        pairs = over(np.arange(len(b))[:, None], slice(None))
+        suppressed = np.zeros(len(b), bool)
+        for i in range(len(b)):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= pairs[i]
+    else:  # row by row: memory stays O(n)
+        alive = np.arange(len(b))  # positions in ``order`` not yet kept nor suppressed
+        while len(alive):
+            i, rest = alive[0], alive[1:]
+            keep.append(i)
+            alive = rest[~over(i, rest)]
     return order[torch.from_numpy(np.asarray(keep, np.int64)).to(order.device)]
 
 
