@@ -1,7 +1,9 @@
 """MTCNN (Zhang et al. 2016) with facenet-pytorch's networks and weights, made faster.
 
 The steps and thresholds are those of ``facenet_pytorch.models.utils.detect_face`` (MIT
-licence), and the networks are facenet-pytorch's own. Two things change, both for speed:
+licence), and the networks and weights are facenet-pytorch's own, carried in
+``cage_cli.mtcnn_nets`` so that the facenet_pytorch package (which imports torchvision) is
+never imported. Two things change, both for speed:
 
 - Every "area" resize (the image pyramid and the 24/48 px crops for the second and third
   networks) is read from one integral image of the frame. facenet-pytorch calls
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from facenet_pytorch.models.utils.detect_face import (
+
+from cage_cli.mtcnn_nets import (
     batched_nms,
     batched_nms_numpy,
     bbreg,
     generateBoundingBox,
+    load_nets,
     pad,
     rerec,
 )
@@ -41,12 +45,9 @@ class MTCNN:
     factor = 0.709
 
     def __init__(self, device: torch.device | str = "cpu"):
-        from facenet_pytorch import MTCNN as Weights  # loads the three networks' weights
-
-        nets = Weights(device=torch.device(device))
         self.device = torch.device(device)
-        self.pnet, self.rnet, self.onet = (net.eval().to(memory_format=torch.channels_last)
-                                           for net in (nets.pnet, nets.rnet, nets.onet))
+        self.pnet, self.rnet, self.onet = (net.to(memory_format=torch.channels_last)
+                                           for net in load_nets(self.device))
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import decord
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from facenet_pytorch import MTCNN as Reference
 from PIL import Image
 
 from cage_cli.mtcnn import MTCNN
+from cage_cli.mtcnn_nets import batched_nms, nms
 
 
 def _frames() -> list[tuple[str, np.ndarray]]:
@@ -72,3 +76,57 @@ def test_batch_of_frames_matches_single_calls(frames) -> None:
 def test_frames_smaller_than_min_face_have_no_faces() -> None:
     (boxes, points), = MTCNN()(np.zeros((1, 15, 30, 3), np.uint8), 20)
     assert boxes.shape == (0, 5) and points.shape == (0, 5, 2)
+
+
+def _random_boxes(rng: np.random.Generator, n: int, integer: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n boxes (float32) crowded into a small area, so many overlap; integer corners and
+    scores from a few values give ties in both IoU and score."""
+    xy = rng.uniform(0, 40, (n, 2))
+    wh = rng.uniform(1, 30, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    if integer:
+        boxes = np.floor(boxes)
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    scores = rng.choice(np.linspace(0.6, 1, 9), n) if integer else rng.uniform(0, 1, n)
+    idxs = rng.integers(0, 4, n)
+    return (torch.as_tensor(boxes, dtype=torch.float32),
+            torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(idxs))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 60, 400, 999, 1000, 1001, 1600])
+def test_nms_same_as_torchvision(n: int) -> None:
+    """Same keep indices, same order, as torchvision's nms and batched_nms, on both of
+    batched_nms's code paths (coordinate trick up to 1000 boxes, per class above)."""
+    from torchvision.ops import batched_nms as tv_batched_nms
+    from torchvision.ops import nms as tv_nms
+
+    rng = np.random.default_rng(n)
+    suppressed = 0
+    for trial in range(30 if n < 1000 else 4):
+        boxes, scores, idxs = _random_boxes(rng, n, integer=trial % 2 == 0)
+        for threshold in (0.5, 0.7, 0.3):
+            expected = tv_nms(boxes, scores, threshold)
+            assert torch.equal(nms(boxes, scores, threshold), expected)
+            expected = tv_batched_nms(boxes, scores, idxs, threshold)
+            assert torch.equal(batched_nms(boxes, scores, idxs, threshold), expected)
+            suppressed += n - len(expected)
+    assert suppressed > 0 or n < 7  # not a vacuous comparison: boxes overlap
+
+
+def test_annotate_does_not_import_torchvision(tmp_path) -> None:
+    """facenet-pytorch's package imports torchvision (~170 MiB, 1-3 s); cage must not."""
+    code = (
+        "import sys\n"
+        "from cage_cli.cli import app\n"  # the whole annotate path: runner, Pipeline, rows
+        f"app(['annotate', {str(SINGLE)!r}, '-o', {str(tmp_path / 'out.parquet')!r}],\n"
+        "    standalone_mode=False)\n"
+        "mods = [m for m in ('torchvision', 'facenet_pytorch') if m in sys.modules]\n"
+        "print('imported:', mods)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "imported: []" in out.stdout, out.stdout
+    import pyarrow.parquet as pq
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 1  # it did annotate a face
