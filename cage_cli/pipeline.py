@@ -202,6 +202,7 @@ class Pipeline:
         group: list[Frame | _End] = []
         n_frames = n_bytes = 0
         pending: _Job | None = None  # detected or being detected, not yet classified
+        last: _Job | None = None  # the last group started with frames: a chunk may go on
         try:
             while not self.stop.is_set():
                 try:
@@ -218,7 +219,8 @@ class Pipeline:
                 idle = item is None and (pending is None or pending.faces.done())
                 if item is _STOP or full or idle:
                     predictions = self._classify(pending) if pending is not None else None
-                    job = self._start(group, n_bytes, pending) if group else None
+                    job = self._start(group, n_bytes, last) if group else None
+                    last = job if job is not None and job.frames else last
                     if pending is not None:
                         if self.stop.is_set():
                             break
@@ -243,8 +245,9 @@ class Pipeline:
 
     def _start(self, group: list[Frame | _End], n_bytes: int, previous: _Job | None) -> _Job:
         """Start detecting a group. A group may begin inside a chunk (--detect-every): its
-        first frames then continue from the last faces of the ``previous`` group, whose
-        detection is finished by now (``run`` classifies it first)."""
+        first frames then continue from the last faces of the ``previous`` group with frames
+        (whether or not its rows have been given out yet), whose detection is finished by now
+        (``run`` classifies a group before it starts the next)."""
         fr = [x for x in group if isinstance(x, Frame)]
         seed = None
         if fr and not self._keyframe(fr[0]) and previous is not None and previous.frames \
