@@ -140,19 +140,13 @@ class MTCNN:
         h, w = sat.shape[1] - 1, sat.shape[2] - 1
         reg = torch.zeros(1, 4, -(-(oh - 2) // 2) - 4, -(-(ow - 2) // 2) - 4, device=self.device)
         probs = torch.zeros(1, 2, *reg.shape[2:], device=self.device)
-        r0, r1 = _bins(h, oh, self.device)
-        c0, c1 = _bins(w, ow, self.device)
         for x1, y1, x2, y2 in windows:
             ra, ca = max(0, int(y1 * oh / h)) // 2 * 2, max(0, int(x1 * ow / w)) // 2 * 2
             rn = (min(oh, int(np.ceil(y2 * oh / h))) - ra) // 2 * 2
             cn = (min(ow, int(np.ceil(x2 * ow / w))) - ca) // 2 * 2
             if rn < 12 or cn < 12:
                 continue
-            rows, cols = slice(ra, ra + rn), slice(ca, ca + cn)
-            corners = _corners(sat.shape, torch.zeros(1, dtype=torch.long, device=self.device),
-                               r0[None, rows], r1[None, rows], c0[None, cols], c1[None, cols])
-            level = _means(sat, corners, (r1 - r0)[rows].float()[None, :, None, None],
-                           (c1 - c0)[cols].float()[None, None, :, None])
+            level = _level(sat, oh, ow, ra, ra + rn, ca, ca + cn)
             reg_w, probs_w = self.pnet(_normalise(level.permute(0, 3, 1, 2)))
             out = (slice(None), slice(None), slice(ra // 2, ra // 2 + reg_w.shape[2]),
                    slice(ca // 2, ca // 2 + reg_w.shape[3]))
@@ -238,14 +232,14 @@ def _means(sat: torch.Tensor, corners: torch.Tensor, kh: torch.Tensor,
     return (g[0] - g[1] - g[2] + g[3]).float() / kh / kw
 
 
-def _level(sat: torch.Tensor, oh: int, ow: int, top: int = 0,
-           bottom: int | None = None) -> torch.Tensor:
-    """Rows [top, bottom) of the frames area-resized to oh x ow, (B, rows, ow, C) float32:
-    the four corner sums of every bin, gathered rows first, then columns (no index tensor
-    per pixel), divided as _means divides."""
+def _level(sat: torch.Tensor, oh: int, ow: int, top: int = 0, bottom: int | None = None,
+           left: int = 0, right: int | None = None) -> torch.Tensor:
+    """Rows [top, bottom) and columns [left, right) of the frames area-resized to oh x ow,
+    (B, rows, columns, C) float32: the four corner sums of every bin, gathered rows first,
+    then columns (no index tensor per pixel), divided as _means divides."""
     h, w = sat.shape[1] - 1, sat.shape[2] - 1
     r0, r1 = (r[top:bottom] for r in _bins(h, oh, sat.device))
-    c0, c1 = _bins(w, ow, sat.device)
+    c0, c1 = (c[left:right] for c in _bins(w, ow, sat.device))
     top, bottom = sat.index_select(1, r0), sat.index_select(1, r1)
     sums = bottom.index_select(2, c1) - top.index_select(2, c1)
     sums -= bottom.index_select(2, c0)
