@@ -273,16 +273,17 @@ class Pipeline:
                 frames[0].position == 0:
             self._tracking = (frames[0].source, track.TrackState(gap=o.track_gap))
         state = self._tracking[1]
-        values = np.column_stack([preds["probs"], preds["valence"], preds["arousal"]])
+        values = (np.column_stack([preds["probs"], preds["valence"], preds["arousal"]])
+                  if o.smooth else None)
         j = 0
         for frame, det in zip(frames, faces, strict=True):
             _, det.track_ids = track.update(state, frame.timestamp, det.boxes, det.landmarks,
                                             det.links)
-            if o.smooth and len(det):
+            if values is not None and len(det):
                 values[j : j + len(det)] = track.smooth(state, frame.timestamp, det.track_ids,
                                                         values[j : j + len(det)], o.smooth)
             j += len(det)
-        if not o.smooth:
+        if values is None:
             return preds
         return {**preds, "probs": values[:, :-2], "valence": values[:, -2],
                 "arousal": values[:, -1]}
