@@ -27,11 +27,11 @@ STEPWISE = ["--frames-per-batch", "2", "--part-seconds", "0"]
 
 
 def make_media(folder: Path) -> Path:
-    """12 inputs: the small photos, a portrait, both videos, and more names for the photos."""
+    """18 inputs: the small photos, a portrait, both videos, and more names for the photos."""
     folder.mkdir(parents=True, exist_ok=True)
     for p in (SINGLE, MULTI, NOFACE, MEDIA / "portrait_kate_siegel.jpg", CLIP, INTERVIEW):
         (folder / p.name).symlink_to(p)
-    for i in range(6):
+    for i in range(12):
         (folder / f"copy_{i}_{(SINGLE, NOFACE)[i % 2].name}").symlink_to((SINGLE, NOFACE)[i % 2])
     return folder
 
@@ -110,7 +110,7 @@ def test_sigkill_at_random_moments_then_resume(media: Path, reference: pa.Table,
         while (len(list(out.glob("part-*.parquet"))) == before and proc.poll() is None
                and time.monotonic() < deadline):
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.2))
         finished = proc.poll() is not None
         proc.kill()
         proc.wait()
