@@ -42,7 +42,17 @@ from .cluster_progress import Progress
 from .decode import estimated_count
 from .inputs import MediaFile
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
-from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
+from .store import UriPath, one_line
+from .write import (
+    DONE_KEY,
+    META_KEY,
+    DatasetWriter,
+    OutputError,
+    _fsync_rename,
+    arrow_source,
+    read_footer,
+    temp_for,
+)
 
 TAG = "ray"  # the run record is _cage_run-ray.json; parts are part-ray<hash>-<seq>.parquet
 PARTS = f"part-{TAG}*-*.parquet"
@@ -171,7 +181,7 @@ def _joined(pipeline: Pipeline, file: MediaFile,
     yield Result(file.path, file.media, done=True, error=error or failed)
 
 
-def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
+def annotate_task(files: list[MediaFile], folder: str | UriPath, tag: str, info: dict,
                   options: AnnotateOptions, run: RunOptions, cwd: str,
                   progress, *parts: list[Result]) -> list[dict]:  # noqa: ANN001 - an actor
     """Run the pipeline over ``files`` into part files ``part-<tag>-*`` in ``folder``; or,
@@ -183,10 +193,11 @@ def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
     """
     _chdir(cwd)
     pipeline = _pipeline(options, run)
-    for tmp in Path(folder).glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
+    where = Path(folder) if isinstance(folder, str) else folder
+    for tmp in where.glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
         tmp.unlink(missing_ok=True)
     # One part per task (no time-based commits), so a retry writes the same part names.
-    writer = DatasetWriter(Path(folder), tag, info, part_rows=2**62, part_seconds=math.inf)
+    writer = DatasetWriter(where, tag, info, part_rows=2**62, part_seconds=math.inf)
     counts: dict[str, dict] = {}
     last = 0.0
     try:
@@ -275,7 +286,8 @@ class RayPipeline:
             return []
         return segments(count, size, self.options.detect_every) if count > size else []
 
-    def run(self, files: list[MediaFile], folder: Path, info: dict) -> Iterator[Result]:
+    def run(self, files: list[MediaFile], folder: Path | UriPath,
+            info: dict) -> Iterator[Result]:
         import ray
 
         self.stop = threading.Event()
@@ -287,7 +299,8 @@ class RayPipeline:
         todo = batches(files, per_task)
         progress = ray.remote(Progress).options(num_cpus=0).remote()
         taken = progress.take.remote()
-        cwd, where = os.getcwd(), str(folder.resolve())
+        cwd = os.getcwd()
+        where = folder if isinstance(folder, UriPath) else str(folder.resolve())
         seen: dict[str, tuple[int, int]] = {}
         live: dict[str, dict[int, tuple[int, int]]] = {}  # input -> segment -> its counts
         done: set[str] = set()
@@ -326,8 +339,8 @@ class RayPipeline:
                         entries = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:
                         if isinstance(e.cause, OSError):
-                            raise OutputError(f"cannot write {folder}: "
-                                              f"{e.cause.strerror or e.cause}", 1) from None
+                            raise OutputError(f"cannot write {folder}: {one_line(e.cause)}",
+                                              1) from None
                         # One line (the task's traceback is in the Ray worker's log).
                         raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
                                            f"{e.cause}") from None
@@ -348,7 +361,7 @@ class RayPipeline:
                 ray.shutdown()
 
 
-def drop_duplicates(folder: Path) -> list[Path]:
+def drop_duplicates(folder: Path | UriPath) -> list[Path | UriPath]:
     """The Ray parts in ``folder``, each input in one part only; returns them in input order
     (by their first input).
 
@@ -356,10 +369,10 @@ def drop_duplicates(folder: Path) -> list[Path]:
     it) keeps its first; a later part is rewritten without it (atomically), or removed if
     nothing else is left in it.
     """
-    owner: dict[str, Path] = {}
-    kept: list[tuple[str, Path]] = []
+    owner: dict[str, Path | UriPath] = {}
+    kept: list[tuple[str, Path | UriPath]] = []
     for part in sorted(folder.glob(PARTS)):
-        meta = pq.read_metadata(part).metadata or {}
+        meta = read_footer(part)
         entries = json.loads(meta.get(DONE_KEY, b"[]"))
         dup = {e["source"] for e in entries if e["source"] in owner}
         for e in entries:
@@ -371,11 +384,11 @@ def drop_duplicates(folder: Path) -> list[Path]:
         if not rest:
             part.unlink()
             continue
-        table = pq.read_table(part)
+        table = pq.read_table(**arrow_source(part))
         table = table.filter(pc.invert(pc.is_in(table["source"], pc.array(list(dup)))))
         table = table.replace_schema_metadata({META_KEY: meta.get(META_KEY, b"{}"),
                                                DONE_KEY: json.dumps(rest)})
-        tmp = part.with_name(f".{part.name}.tmp")
+        tmp = temp_for(part)
         pq.write_table(table, tmp, compression="zstd")
         _fsync_rename(tmp, part)
         kept.append((rest[0]["source"], part))
