@@ -333,6 +333,28 @@ def test_driver_killed_then_resume(ray_address: str, local: pa.Table, tmp_path: 
     assert_same_rows(read(out), local)
 
 
+@needs_ray
+def test_classify_on_actors(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """The GPU path (classification on a pool of Classifier actors), run with a CPU actor as
+    there is no GPU here: tasks decode, detect, crop and track, the actor classifies every
+    face (the tasks hold no network), the tasks build the rows: a local run's rows. Videos in
+    segments too."""
+    from cage_cli.cluster import RayOptions, RayPipeline, drop_duplicates
+    from cage_cli.decode import Sampling
+    from cage_cli.inputs import discover
+    from cage_cli.pipeline import AnnotateOptions, RunOptions
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
+    pipeline = RayPipeline(options, RunOptions(), RayOptions(classify_actors=True,
+                                                            segment_frames=3))
+    pieces = list(pipeline.run(discover([str(MEDIA)]).files, tmp_path, {}))
+    assert [p.error for p in pieces if p.done] == [None] * 9
+    assert_same_rows(pa.concat_tables(pq.read_table(p) for p in drop_duplicates(tmp_path)),
+                     local)
+    [stats] = pipeline.actor_stats  # one actor without GPUs
+    assert stats["faces"] == local.num_rows and stats["calls"] <= stats["requests"]
+
+
 @pytest.fixture(scope="module")
 def s3():
     """A real S3 API on 127.0.0.1 (moto's server) with a bucket ``bkt``: yields the URI of a
