@@ -184,6 +184,12 @@ class Classifier:
             raise request.error
         return request.preds  # type: ignore[return-value]
 
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def stats(self) -> dict[str, int]:
         """Requests served, model calls made, faces classified."""
         return dict(self.counts)
@@ -216,11 +222,13 @@ class Classifier:
 
 class ActorModel:
     """A task's model when faces are classified on the Classifier actors: the model's config
-    and name (for cropping and rows, done in the task); ``predict`` asks an actor."""
+    and name (for cropping and rows, done in the task); ``predict`` asks an actor, one on
+    the task's own node if there is one (crops need not cross the network)."""
 
     def __init__(self, config: ModelConfig, actors: tuple):
         self.config, self.actors = config, actors
         self.device = torch.device("cpu")  # the crops are made on the task's CPU
+        self._near: list | None = None  # the actors to ask, found at the first call
 
     @property
     def name(self) -> str:
@@ -229,7 +237,12 @@ class ActorModel:
     def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
         import ray
 
-        return ray.get(random.choice(self.actors).predict.remote(crops))
+        if self._near is None:
+            here = ray.get_runtime_context().get_node_id()
+            nodes = ray.get([a.node.remote() for a in self.actors])
+            self._near = [a for a, n in zip(self.actors, nodes, strict=True) if n == here] \
+                or list(self.actors)
+        return ray.get(random.choice(self._near).predict.remote(crops))
 
     def __eq__(self, other: object) -> bool:  # one cached pipeline per pool (_pipeline)
         return isinstance(other, ActorModel) and other.actors == self.actors
