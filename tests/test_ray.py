@@ -406,7 +406,9 @@ def test_s3_output(ray_address: str, local: pa.Table, s3, tmp_path: Path) -> Non
     r = cage("annotate", *inputs, "-o", uri("ds/"), *SAMPLING, "--ray")
     assert r.exit_code == 0, r.stderr
     more = [*inputs, MEDIA / "multiface.jpg"]
-    r = cage("annotate", *more, "-o", uri("ds/"), *SAMPLING, "--ray", "--resume")
+    # (this run classifies on a CPU actor: the CLI's switch for test_classify_on_actors' path)
+    r = cage("annotate", *more, "-o", uri("ds/"), *SAMPLING, "--ray", "--resume",
+             "--ray-gpu-actors")
     assert r.exit_code == 0 and summary_counts(r.stderr)["files ok"] == 1, r.stderr
     parts = [p for p in objects(fs, "bkt/ds") if "/part-ray" in p]
     assert len(parts) == 3 and "bkt/ds/_cage_run-ray.json" in objects(fs, "bkt/ds")
