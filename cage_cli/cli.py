@@ -152,7 +152,8 @@ def annotate(
     output: Annotated[str, typer.Option(
         "-o", "--output", metavar="PATH",
         help="Output: out.parquet | out.jsonl | out.csv, a folder/ (Parquet dataset of part "
-             "files, resumable, shardable) or - (JSON lines on stdout).")] = ...,
+             "files, resumable, shardable) or - (JSON lines on stdout). A file or folder may "
+             "be a URI: s3://bucket/prefix/, gs://..., any pyarrow filesystem.")] = ...,
     files_from: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE",
         help="Read more input paths from this file, one per line ('-' = stdin). They count "
@@ -259,7 +260,8 @@ def annotate(
         rich_help_panel="Runs")] = None,
     ray: Annotated[bool, typer.Option(
         "--ray", help="Run on a Ray cluster (--ray-address, $RAY_ADDRESS, or a local Ray). "
-                      "Inputs and output must be at the same path on every node. "
+                      "Inputs must be at the same path on every node, the output too or at "
+                      "a URI (s3://...). "
                       "docs/scaling.md.", rich_help_panel="Runs")] = False,
     ray_address: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="ADDRESS", show_default="$RAY_ADDRESS, else a local Ray",
@@ -270,6 +272,12 @@ def annotate(
         help="With --ray, detect a video of more than N sampled frames in segments of about "
              "N frames, one task each (same rows); 0: never split.",
         rich_help_panel="Runs")] = 2000,  # cage_cli.cluster.RayOptions.segment_frames
+    ray_gpu_actors: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--ray-gpu-actors/--no-ray-gpu-actors", show_default="on when the cluster has GPUs",
+        help="With --ray: classify on a pool of GPU actors that batch the faces of several "
+             "tasks, tasks detecting on their CPUs; --no-ray-gpu-actors: each task runs the "
+             "whole pipeline on a share of a GPU. docs/scaling.md.",
+        rich_help_panel="Runs")] = None,  # cage_cli.cluster.RayOptions.classify_actors
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -363,8 +371,8 @@ def annotate(
                 shard=shard_ij, errors_file=errors, found=found,
                 on_start=progress.start, on_result=progress.update,
                 log=progress.log, part_seconds=part_seconds,
-                ray=RayOptions(address=ray_address,
-                               segment_frames=ray_segment_frames or None) if ray else None,
+                ray=RayOptions(address=ray_address, segment_frames=ray_segment_frames or None,
+                               classify_actors=ray_gpu_actors) if ray else None,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))

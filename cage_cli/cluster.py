@@ -15,6 +15,11 @@ tracks their detections in order into the rows of a local run:
   ``--resume`` and the final merge work unchanged. :func:`drop_duplicates` is the last guard:
   an input found in two parts (an attempt that outlived its driver) keeps only its first.
 
+Classification runs in the tasks, or (by default when the cluster has GPUs) on a pool of
+:class:`Classifier` actors, a few per GPU: a task then decodes, detects, crops and tracks as
+usual and sends each group's face crops to an actor (:class:`ActorPipeline`), which batches
+the crops of several tasks into its model calls; the rows are built in the task.
+
 Progress comes back while tasks run: each task reports per-input frame and face counts to a
 small actor that the driver polls, and the driver turns them into
 :class:`~cage_cli.pipeline.Result` pieces for ``annotate_to`` (progress bar, summary).
@@ -22,12 +27,15 @@ small actor that the driver polls, and the driver turns them into
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import queue
+import random
 import signal
 import threading
 import time
@@ -35,14 +43,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from .cluster_progress import Progress
 from .decode import estimated_count
+from .infer import concat, submit_predictions
 from .inputs import MediaFile
-from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
-from .write import DONE_KEY, META_KEY, DatasetWriter, OutputError, _fsync_rename
+from .models import ModelConfig
+from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions, _Job
+from .store import UriPath, one_line
+from .write import (
+    DONE_KEY,
+    META_KEY,
+    DatasetWriter,
+    OutputError,
+    _fsync_rename,
+    arrow_source,
+    read_footer,
+    temp_for,
+)
 
 TAG = "ray"  # the run record is _cage_run-ray.json; parts are part-ray<hash>-<seq>.parquet
 PARTS = f"part-{TAG}*-*.parquet"
@@ -62,6 +84,12 @@ class RayOptions:
     #: a video of more sampled frames than this is detected in segments of about this many
     #: frames, one task each, then tracked whole (docs/scaling.md); None: never split
     segment_frames: int | None = 2000
+    #: classify faces on a pool of Classifier actors that batch the faces of several tasks
+    #: into each model call, instead of in each task. None: when the cluster has GPUs;
+    #: True: also without (one CPU actor: how the tests run this path); False: never
+    classify_actors: bool | None = None
+    actors_per_gpu: int = 4  # Classifier actors sharing a GPU (num_gpus 1/4 each)
+    actor_batch_size: int = 256  # faces per model call on an actor, at most
 
 
 def have_ray() -> bool:
@@ -121,9 +149,135 @@ def task_tag(files: list[MediaFile]) -> str:
 
 # --- worker side -----------------------------------------------------------------------------
 
+class _Request:
+    """Crops sent to a Classifier, and (once classified) their predictions."""
+
+    def __init__(self, crops: torch.Tensor):
+        self.crops = crops
+        self.preds: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class Classifier:
+    """A Ray actor holding the model on its device (a GPU share, or a CPU): classifies the
+    crops that tasks send (:meth:`predict`, called by many tasks at once), in model calls of
+    the requests waiting together, up to ``batch_size`` faces each."""
+
+    def __init__(self, options: AnnotateOptions, run: RunOptions, batch_size: int):
+        from .models import create_model
+
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.model = create_model(options.model, options.weights, run.device, run.precision)
+        self.batch_size = batch_size
+        self.requests: queue.Queue[_Request] = queue.Queue()
+        self.counts = {"requests": 0, "calls": 0, "faces": 0}
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
+        """``ExpressionModel.predict`` of these crops (waits for the batch they join)."""
+        request = _Request(crops)
+        self.requests.put(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.preds  # type: ignore[return-value]
+
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def stats(self) -> dict[str, int]:
+        """Requests served, model calls made, faces classified."""
+        return dict(self.counts)
+
+    def _serve(self) -> None:
+        """One model call at a time, on every request that came while the last one ran."""
+        while True:
+            batch = [self.requests.get()]
+            n = len(batch[0].crops)
+            while n < self.batch_size and not self.requests.empty():
+                batch.append(self.requests.get_nowait())
+                n += len(batch[-1].crops)
+            try:
+                x = torch.cat([r.crops for r in batch if len(r.crops)] or [batch[0].crops])
+                calls = range(0, max(len(x), 1), self.batch_size)
+                preds = concat([self.model.predict(x[i : i + self.batch_size]) for i in calls])
+                j = 0
+                for r in batch:
+                    r.preds = {k: v[j : j + len(r.crops)] for k, v in preds.items()}
+                    j += len(r.crops)
+                self.counts["requests"] += len(batch)
+                self.counts["calls"] += len(calls)
+                self.counts["faces"] += len(x)
+            except Exception as e:  # noqa: BLE001 - the callers raise it
+                for r in batch:
+                    r.error = e
+            for r in batch:
+                r.done.set()
+
+
+class ActorModel:
+    """A task's model when faces are classified on the Classifier actors: the model's config
+    and name (for cropping and rows, done in the task); ``predict`` asks an actor, one on
+    the task's own node if there is one (crops need not cross the network)."""
+
+    def __init__(self, config: ModelConfig, actors: tuple):
+        self.config, self.actors = config, actors
+        self.device = torch.device("cpu")  # the crops are made on the task's CPU
+        self._near: list | None = None  # the actors to ask, found at the first call
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
+        import ray
+
+        if self._near is None:
+            here = ray.get_runtime_context().get_node_id()
+            nodes = ray.get([a.node.remote() for a in self.actors])
+            self._near = [a for a, n in zip(self.actors, nodes, strict=True) if n == here] \
+                or list(self.actors)
+        return ray.get(random.choice(self._near).predict.remote(crops))
+
+    def __eq__(self, other: object) -> bool:  # one cached pipeline per pool (_pipeline)
+        return isinstance(other, ActorModel) and other.actors == self.actors
+
+    def __hash__(self) -> int:
+        return hash(self.actors)
+
+
+class ActorPipeline(Pipeline):
+    """The pipeline with faces classified on the Classifier actors: decoding, detection,
+    cropping, tracking and rows as in :class:`Pipeline`; each group's crops go to an actor in
+    one request, waited for in a thread of its own while this one detects the next group."""
+
+    def __init__(self, options: AnnotateOptions, run: RunOptions, model: ActorModel):
+        from .workers import Workers
+
+        super().__init__(options, run, model)
+        self.waiter = Workers(1)
+
+    def _classify(self, job: _Job):  # noqa: ANN202 - workers.Results
+        # One chunk of every face (no batch limit here): the actor makes the model calls.
+        return submit_predictions(self.model, job.frames, job.faces.get(), 2**31, self.waiter)
+
+    def close(self) -> None:
+        super().close()
+        self.waiter.shutdown(wait=False, cancel_futures=True)
+
+
 @functools.lru_cache(maxsize=1)
-def _pipeline(options: AnnotateOptions, run: RunOptions) -> Pipeline:
-    """One pipeline (model, detector) per worker process, kept between tasks."""
+def _pipeline(options: AnnotateOptions, run: RunOptions,
+              classifier: ActorModel | None = None) -> Pipeline:
+    """One pipeline (model, detector) per worker process, kept between tasks; with a
+    ``classifier``, one that classifies on the actors."""
+    if classifier is not None:
+        return ActorPipeline(options, run, classifier)
     return Pipeline(options, run)
 
 
@@ -133,8 +287,8 @@ def _chdir(cwd: str) -> None:
 
 
 def segment_task(file: MediaFile, positions: tuple[int, int | None],
-                 options: AnnotateOptions, run: RunOptions, cwd: str,
-                 progress) -> list[Result]:  # noqa: ANN001 - a Ray actor handle
+                 options: AnnotateOptions, run: RunOptions, classifier: ActorModel | None,
+                 cwd: str, progress) -> list[Result]:  # noqa: ANN001 - a Ray actor handle
     """Detect and classify one segment of a video (its sampled frames at ``positions``):
     :class:`~cage_cli.pipeline.Detections` pieces, then the done piece (with the decode
     error, if any). No rows: the video's ``annotate_task`` tracks the segments in order."""
@@ -142,7 +296,7 @@ def segment_task(file: MediaFile, positions: tuple[int, int | None],
     out: list[Result] = []
     frames = faces = 0
     last = 0.0
-    for r in _pipeline(options, run).run([file], positions):
+    for r in _pipeline(options, run, classifier).run([file], positions):
         out.append(r)
         if r.detections is not None:
             frames += r.frames
@@ -171,9 +325,9 @@ def _joined(pipeline: Pipeline, file: MediaFile,
     yield Result(file.path, file.media, done=True, error=error or failed)
 
 
-def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
-                  options: AnnotateOptions, run: RunOptions, cwd: str,
-                  progress, *parts: list[Result]) -> list[dict]:  # noqa: ANN001 - an actor
+def annotate_task(files: list[MediaFile], folder: str | UriPath, tag: str, info: dict,
+                  options: AnnotateOptions, run: RunOptions, classifier: ActorModel | None,
+                  cwd: str, progress, *parts: list[Result]) -> list[dict]:  # noqa: ANN001
     """Run the pipeline over ``files`` into part files ``part-<tag>-*`` in ``folder``; or,
     given the ``parts`` (segment_task results, in order) of a long video, ``files`` being
     that video, track their detections into its rows.
@@ -182,11 +336,12 @@ def annotate_task(files: list[MediaFile], folder: str, tag: str, info: dict,
     committed; reports running counts to ``progress`` meanwhile.
     """
     _chdir(cwd)
-    pipeline = _pipeline(options, run)
-    for tmp in Path(folder).glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
+    pipeline = _pipeline(options, run, classifier)
+    where = Path(folder) if isinstance(folder, str) else folder
+    for tmp in where.glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
         tmp.unlink(missing_ok=True)
     # One part per task (no time-based commits), so a retry writes the same part names.
-    writer = DatasetWriter(Path(folder), tag, info, part_rows=2**62, part_seconds=math.inf)
+    writer = DatasetWriter(where, tag, info, part_rows=2**62, part_seconds=math.inf)
     counts: dict[str, dict] = {}
     last = 0.0
     try:
@@ -222,6 +377,7 @@ class RayPipeline:
         self.options, self.run_options, self.ray_options = options, run, ray_options
         self.model = create_model(options.model, options.weights, "cpu", "fp32")
         self.stop = threading.Event()
+        self.actor_stats: list[dict[str, int]] = []  # the Classifier actors' of the last run
 
     def close(self) -> None:
         """Stop handing out tasks (the tasks running finish or are retried on --resume)."""
@@ -246,21 +402,37 @@ class RayPipeline:
                 signal.signal(sig, handler)
         return True
 
-    def _task(self):  # noqa: ANN202 - a Ray remote function, and the RunOptions it runs with
+    def _task(self):  # noqa: ANN202 - Ray remote functions, and what they run with
+        """The task functions, the RunOptions they run with, the CPU slots, and the
+        classifier actors' ActorModel (None: tasks classify)."""
         import ray
 
+        ro = self.ray_options
         resources = ray.cluster_resources()
         cpus = self.run_options.threads or 1
         slots = max(1, int(resources.get("CPU", 1) // cpus))
-        gpus = self.ray_options.gpus_per_task
+        all_gpus = resources.get("GPU", 0.0)
+        on_actors = ro.classify_actors if ro.classify_actors is not None else all_gpus > 0
+        gpus = 0.0 if on_actors else ro.gpus_per_task
         if gpus is None:
-            gpus = min(1.0, math.floor(resources.get("GPU", 0.0) / slots * 1e4) / 1e4)
+            gpus = min(1.0, math.floor(all_gpus / slots * 1e4) / 1e4)
         run = replace(self.run_options, threads=cpus,
                       device=self.run_options.device if gpus else "cpu")
         remote, segment = (ray.remote(f).options(
-            num_cpus=cpus, num_gpus=gpus, max_retries=self.ray_options.max_retries,
+            num_cpus=cpus, num_gpus=gpus, max_retries=ro.max_retries,
             retry_exceptions=False) for f in (annotate_task, segment_task))
-        return remote, segment, run, slots
+        classifier = None
+        if on_actors:  # a few per GPU, or one on a CPU
+            n = max(1, int(all_gpus * ro.actors_per_gpu))
+            actor_run = replace(self.run_options, threads=self.run_options.threads or 1,
+                                device=self.run_options.device if all_gpus else "cpu")
+            actor = ray.remote(Classifier).options(
+                num_cpus=0, num_gpus=min(1.0, 1 / ro.actors_per_gpu) if all_gpus else 0,
+                max_concurrency=64, max_restarts=ro.max_retries,
+                max_task_retries=ro.max_retries)
+            classifier = ActorModel(self.model.config, tuple(
+                actor.remote(self.options, actor_run, ro.actor_batch_size) for _ in range(n)))
+        return remote, segment, run, slots, classifier
 
     def _segments(self, file: MediaFile) -> list[tuple[int, int | None]]:
         """The segments of a long video (cluster.segments), or [] for one task. Cut where its
@@ -275,19 +447,22 @@ class RayPipeline:
             return []
         return segments(count, size, self.options.detect_every) if count > size else []
 
-    def run(self, files: list[MediaFile], folder: Path, info: dict) -> Iterator[Result]:
+    def run(self, files: list[MediaFile], folder: Path | UriPath,
+            info: dict) -> Iterator[Result]:
         import ray
 
         self.stop = threading.Event()
         started = self._connect()
-        remote, segment, run, slots = self._task()
+        remote, segment, run, slots, classifier = self._task()
+        actors = classifier.actors if classifier is not None else ()
         n_photos = sum(f.media == "image" for f in files)
         per_task = max(1, min(self.ray_options.photos_per_task,
                               math.ceil(n_photos / (4 * slots))))
         todo = batches(files, per_task)
         progress = ray.remote(Progress).options(num_cpus=0).remote()
         taken = progress.take.remote()
-        cwd, where = os.getcwd(), str(folder.resolve())
+        cwd = os.getcwd()
+        where = folder if isinstance(folder, UriPath) else str(folder.resolve())
         seen: dict[str, tuple[int, int]] = {}
         live: dict[str, dict[int, tuple[int, int]]] = {}  # input -> segment -> its counts
         done: set[str] = set()
@@ -305,10 +480,10 @@ class RayPipeline:
             while (todo or running) and not self.stop.is_set():
                 while todo and sum(n for _, n, _ in running.values()) < 2 * slots:
                     batch = todo.pop(0)
-                    parts = [segment.remote(batch[0], p, self.options, run, cwd, progress)
-                             for p in self._segments(batch[0])]
+                    parts = [segment.remote(batch[0], p, self.options, run, classifier, cwd,
+                                            progress) for p in self._segments(batch[0])]
                     ref = remote.remote(batch, where, task_tag(batch), info, self.options, run,
-                                        cwd, progress, *parts)
+                                        classifier, cwd, progress, *parts)
                     running[ref] = (batch, max(1, len(parts)), parts)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
                 if not ray.wait([taken], timeout=0)[1]:  # never wait for the progress actor
@@ -326,8 +501,8 @@ class RayPipeline:
                         entries = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:
                         if isinstance(e.cause, OSError):
-                            raise OutputError(f"cannot write {folder}: "
-                                              f"{e.cause.strerror or e.cause}", 1) from None
+                            raise OutputError(f"cannot write {folder}: {one_line(e.cause)}",
+                                              1) from None
                         # One line (the task's traceback is in the Ray worker's log).
                         raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
                                            f"{e.cause}") from None
@@ -344,11 +519,16 @@ class RayPipeline:
                 for r in (ref, *parts):
                     ray.cancel(r, force=True)
             ray.kill(progress)
+            if actors:
+                with contextlib.suppress(ray.exceptions.RayError):
+                    self.actor_stats = ray.get([a.stats.remote() for a in actors], timeout=10)
+            for a in actors:
+                ray.kill(a)
             if started:
                 ray.shutdown()
 
 
-def drop_duplicates(folder: Path) -> list[Path]:
+def drop_duplicates(folder: Path | UriPath) -> list[Path | UriPath]:
     """The Ray parts in ``folder``, each input in one part only; returns them in input order
     (by their first input).
 
@@ -356,10 +536,10 @@ def drop_duplicates(folder: Path) -> list[Path]:
     it) keeps its first; a later part is rewritten without it (atomically), or removed if
     nothing else is left in it.
     """
-    owner: dict[str, Path] = {}
-    kept: list[tuple[str, Path]] = []
+    owner: dict[str, Path | UriPath] = {}
+    kept: list[tuple[str, Path | UriPath]] = []
     for part in sorted(folder.glob(PARTS)):
-        meta = pq.read_metadata(part).metadata or {}
+        meta = read_footer(part)
         entries = json.loads(meta.get(DONE_KEY, b"[]"))
         dup = {e["source"] for e in entries if e["source"] in owner}
         for e in entries:
@@ -371,11 +551,11 @@ def drop_duplicates(folder: Path) -> list[Path]:
         if not rest:
             part.unlink()
             continue
-        table = pq.read_table(part)
+        table = pq.read_table(**arrow_source(part))
         table = table.filter(pc.invert(pc.is_in(table["source"], pc.array(list(dup)))))
         table = table.replace_schema_metadata({META_KEY: meta.get(META_KEY, b"{}"),
                                                DONE_KEY: json.dumps(rest)})
-        tmp = part.with_name(f".{part.name}.tmp")
+        tmp = temp_for(part)
         pq.write_table(table, tmp, compression="zstd")
         _fsync_rename(tmp, part)
         kept.append((rest[0]["source"], part))

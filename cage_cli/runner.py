@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -18,6 +19,7 @@ from .cluster import RayOptions
 from .inputs import Inputs, discover, in_shard
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 from .schema import SCHEMA_VERSION
+from .store import UriPath, one_line, redact
 from .write import (
     PARTIAL_SUFFIX,
     DatasetWriter,
@@ -26,6 +28,7 @@ from .write import (
     check_writable,
     merge_parts,
     output_format,
+    output_location,
     read_done,
     remove_tree,
     write_json_atomic,
@@ -157,23 +160,25 @@ def annotate_to(
     # Where the parts go, and what an earlier run already finished.
     tag = f"s{shard[0]}of{shard[1]}" if ray is None else cluster.TAG
     parts = tag if ray is None else f"{tag}*"  # Ray tasks write part-ray<hash>-<seq>
-    final: Path | None = None
+    final: Path | UriPath | None = None
     if kind == "dataset":
-        folder = Path(output)
+        folder = output_location(output)
     elif output != "-":
-        final = Path(output)
+        final = output_location(output)
         folder = final.with_name(final.name + PARTIAL_SUFFIX)
     manifest = folder / f"_cage_run-{tag}.json" if output != "-" else None
+    output = summary.output = redact(output)  # messages never show a URI's credentials
 
-    if final is not None and final.exists() and not overwrite:
-        if resume and not folder.exists():
-            log(f"cage: {output} is already complete; nothing to resume")
-            summary.seconds = time.monotonic() - started
-            return summary
-        if not resume:
-            raise OutputError(f"{output} exists; use --overwrite to replace it")
-    if output != "-":
-        _prepare_folder(folder, parts, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
+    with _output_errors(output):
+        if final is not None and final.exists() and not overwrite:
+            if resume and not folder.exists():
+                log(f"cage: {output} is already complete; nothing to resume")
+                summary.seconds = time.monotonic() - started
+                return summary
+            if not resume:
+                raise OutputError(f"{output} exists; use --overwrite to replace it")
+        if output != "-":
+            _prepare_folder(folder, parts, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
 
     loading = time.monotonic()
     pipeline = Pipeline(options, run) if ray is None else cluster.RayPipeline(options, run, ray)
@@ -181,19 +186,21 @@ def annotate_to(
     info = run_info(options, pipeline.model.weights_sha256)
     done_before: dict[str, dict] = {}
     next_seq = 0
-    if resume and manifest is not None and manifest.exists():
-        old = json.loads(manifest.read_text())
-        diff = _same_run(old, info)
-        if diff:
-            raise OutputError(f"cannot resume {output}: the run used other settings ({diff})")
-        d = read_done(folder, parts)
-        done_before, next_seq = d.sources, d.next_seq
-        info["started"] = old.get("started", started_at)
-    else:
-        info["started"] = started_at
-    info["shard"] = f"{shard[0]}/{shard[1]}"
-    if manifest is not None:
-        write_json_atomic(manifest, info)
+    with _output_errors(output):
+        if resume and manifest is not None and manifest.exists():
+            old = json.loads(manifest.read_text())
+            diff = _same_run(old, info)
+            if diff:
+                raise OutputError(f"cannot resume {output}: the run used other settings "
+                                  f"({diff})")
+            d = read_done(folder, parts)
+            done_before, next_seq = d.sources, d.next_seq
+            info["started"] = old.get("started", started_at)
+        else:
+            info["started"] = started_at
+        info["shard"] = f"{shard[0]}/{shard[1]}"
+        if manifest is not None:
+            write_json_atomic(manifest, info)
 
     todo = [f for f in files if f.path not in done_before]
     summary.files_resumed = len(files) - len(todo)
@@ -240,7 +247,7 @@ def annotate_to(
         except BrokenPipeError:
             raise  # the reader of stdout left (`-o - | head`): the caller stops quietly
         except OSError as e:
-            raise OutputError(f"cannot write {output}: {e.strerror or e}", exit_code=1) from None
+            raise OutputError(f"cannot write {output}: {one_line(e)}", exit_code=1) from None
         finally:
             pipeline.close()
             if isinstance(writer, DatasetWriter):
@@ -259,26 +266,37 @@ def annotate_to(
         summary.resume_hint = f"cage annotate ... -o {output} --resume"
         return summary
     if manifest is not None:
-        part_files = (sorted(folder.glob(f"part-{tag}-*.parquet")) if ray is None
-                      else cluster.drop_duplicates(folder))
-        all_errors = [
-            {"source": s, "error": e["error"]}
-            for s, e in read_done(folder, parts).sources.items() if e.get("error")
-        ]
-        info.update(finished=_now(), errors=all_errors, files_skipped=summary.files_skipped)
-        write_json_atomic(manifest, info)
-        if final is not None:
-            try:
+        try:
+            part_files = (sorted(folder.glob(f"part-{tag}-*.parquet")) if ray is None
+                          else cluster.drop_duplicates(folder))
+            all_errors = [
+                {"source": s, "error": e["error"]}
+                for s, e in read_done(folder, parts).sources.items() if e.get("error")
+            ]
+            info.update(finished=_now(), errors=all_errors, files_skipped=summary.files_skipped)
+            write_json_atomic(manifest, info)
+            if final is not None:
                 merge_parts(part_files, final, kind, info)
-            except OSError as e:
-                raise OutputError(f"cannot write {output}: {e.strerror or e}; the finished "
-                                  f"rows are kept in {folder}/ (use --resume)", 1) from None
+        except OSError as e:
+            raise OutputError(f"cannot write {output}: {one_line(e)}; the finished "
+                              f"rows are kept in {folder}/ (use --resume)", 1) from None
+        if final is not None:
             remove_tree(folder)
     return summary
 
 
-def _prepare_folder(folder: Path, tag: str, manifest: Path, kind: str, resume: bool,
-                    overwrite: bool, output: str) -> None:
+@contextlib.contextmanager
+def _output_errors(output: str):  # noqa: ANN202
+    """An OSError while preparing the output (a URI's bucket missing, no credentials, no
+    permission) is a usage error of one line (exit 2)."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"cannot use output {output}: {one_line(e)}") from None
+
+
+def _prepare_folder(folder: Path | UriPath, tag: str, manifest: Path | UriPath, kind: str,
+                    resume: bool, overwrite: bool, output: str) -> None:
     """Check (at start, before any work) that the parts folder can be used as asked."""
     ours = list(folder.glob(f"part-{tag}-*.parquet")) + ([manifest] if manifest.exists() else [])
     if ours and not resume:

@@ -10,6 +10,9 @@ is exactly what the part files say.
   run goes; when it finishes, the parts are merged into ``out.parquet`` (written to a temporary
   name beside it, then renamed) and the folder is removed.
 * ``-o -``: JSON lines on stdout, no resume.
+* ``-o s3://bucket/prefix/`` (or ``.../out.parquet``; any pyarrow filesystem URI): the same,
+  through :class:`cage_cli.store.UriPath`; a file is written locally, then published under
+  its final name in one step (``temp_for``, ``_fsync_rename``).
 
 ``--resume`` reads the done inputs back from the parts and skips them.
 """
@@ -21,7 +24,9 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +37,7 @@ import pyarrow.parquet as pq
 
 from .pipeline import Result
 from .schema import SCHEMA
+from .store import UriPath, is_uri, one_line, redact, uri_path
 
 FORMATS = ("parquet", "jsonl", "csv")
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -53,7 +59,10 @@ def output_format(path: str, fmt: str | None) -> str:
     """'dataset' for folders, else parquet | jsonl | csv from --format or the extension."""
     if path == "-":
         return "jsonl"
-    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+    uri = is_uri(path)
+    if uri:
+        path = uri_path(path)  # without the query
+    if path.endswith(("/", os.sep)) or (not uri and os.path.isdir(path)):
         if fmt not in (None, "parquet"):
             raise OutputError("a folder output is a Parquet dataset; --format must be parquet")
         return "dataset"
@@ -70,7 +79,46 @@ def output_format(path: str, fmt: str | None) -> str:
     return EXTENSIONS[ext]
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
+def output_location(output: str) -> Path | UriPath:
+    """``output`` as a path: a local :class:`Path`, or a :class:`UriPath` for a URI."""
+    if not is_uri(output):
+        return Path(output)
+    try:
+        return UriPath.from_uri(output)
+    except (ValueError, OSError) as e:
+        raise OutputError(f"cannot use output {redact(output)}: {one_line(e)}") from None
+
+
+def temp_for(final: Path | UriPath) -> Path:
+    """Where to write ``final`` before :func:`_fsync_rename` puts it in place: beside it, or
+    for a URI a local temporary file."""
+    if isinstance(final, UriPath):
+        fd, tmp = tempfile.mkstemp(prefix=f"cage-{final.name}.", suffix=".tmp")
+        os.close(fd)
+        return Path(tmp)
+    return final.with_name(f".{final.name}.tmp")
+
+
+def arrow_source(path: Path | UriPath) -> dict:
+    """The arguments that make pyarrow read ``path`` (``source`` and ``filesystem``)."""
+    if isinstance(path, UriPath):
+        return {"source": path.path, "filesystem": path.fs}
+    return {"source": path}
+
+
+def read_footer(part: Path | UriPath) -> dict[bytes, bytes]:
+    """A part file's key-value metadata."""
+    a = arrow_source(part)
+    return pq.read_metadata(a["source"], filesystem=a.get("filesystem")).metadata or {}
+
+
+def _fsync_rename(tmp: Path, final: Path | UriPath) -> None:
+    if isinstance(final, UriPath):
+        try:
+            final.publish(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -80,8 +128,8 @@ def _fsync_rename(tmp: Path, final: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def write_json_atomic(path: Path | UriPath, data: dict) -> None:
+    tmp = temp_for(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     _fsync_rename(tmp, path)
 
@@ -94,12 +142,12 @@ class Done:
     next_seq: int = 0
 
 
-def read_done(folder: Path, tag: str | None = None) -> Done:
+def read_done(folder: Path | UriPath, tag: str | None = None) -> Done:
     """Finished inputs recorded in a dataset folder's part files (all shards, or one tag)."""
     done = Done()
     pattern = f"part-{tag}-*.parquet" if tag else "part-*.parquet"
     for part in sorted(folder.glob(pattern)):
-        meta = pq.read_metadata(part).metadata or {}
+        meta = read_footer(part)
         for entry in json.loads(meta.get(DONE_KEY, b"[]")):
             done.sources[entry["source"]] = entry
         if tag:
@@ -114,7 +162,7 @@ class DatasetWriter:
     file of its own, streamed, so memory stays flat for long videos.
     """
 
-    def __init__(self, folder: Path, tag: str, run_info: dict, next_seq: int = 0,
+    def __init__(self, folder: Path | UriPath, tag: str, run_info: dict, next_seq: int = 0,
                  part_rows: int = 200_000, part_seconds: float = 30.0,
                  spill_rows: int = 20_000):
         self.folder, self.tag, self.run_info = folder, tag, run_info
@@ -128,7 +176,7 @@ class DatasetWriter:
         self._pending: list[pa.RecordBatch] = []  # rows of the input in progress
         self._pending_rows = 0
         self._spilled = False  # the input in progress streams into a part of its own
-        self.parts: list[Path] = []
+        self.parts: list[Path | UriPath] = []
 
     def add(self, result: Result) -> None:
         if result.rows is not None and result.rows.num_rows:
@@ -160,7 +208,7 @@ class DatasetWriter:
         self._pending, self._pending_rows = [], 0
 
     def _open(self) -> None:
-        self._tmp = self.folder / f".part-{self.tag}-{self.seq:05d}.parquet.tmp"
+        self._tmp = temp_for(self.folder / f"part-{self.tag}-{self.seq:05d}.parquet")
         self._writer = pq.ParquetWriter(self._tmp, SCHEMA, compression="zstd")
         self._opened = time.monotonic()
 
@@ -211,31 +259,29 @@ class StdoutWriter:
             self.stream.flush()
 
 
-def merge_parts(parts: list[Path], final: Path, fmt: str, metadata: dict[str, Any]) -> int:
+def merge_parts(parts: list[Path | UriPath], final: Path | UriPath, fmt: str,
+                metadata: dict[str, Any]) -> int:
     """Stream the rows of ``parts`` into ``final`` (written as a temp file, then renamed)."""
-    tmp = final.with_name(f".{final.name}.tmp")
+    tmp = temp_for(final)
     rows = 0
     try:
         if fmt == "parquet":
             schema = SCHEMA.with_metadata({**SCHEMA.metadata, META_KEY: json.dumps(metadata)})
             with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-                for part in parts:
-                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
-                        w.write_batch(batch)
-                        rows += batch.num_rows
+                for batch in _batches(parts):
+                    w.write_batch(batch)
+                    rows += batch.num_rows
         elif fmt == "csv":
             with pacsv.CSVWriter(tmp, SCHEMA) as w:
-                for part in parts:
-                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
-                        w.write_batch(batch)
-                        rows += batch.num_rows
+                for batch in _batches(parts):
+                    w.write_batch(batch)
+                    rows += batch.num_rows
         else:
             with open(tmp, "w", encoding="utf-8") as f:
                 sw = StdoutWriter(f)
-                for part in parts:
-                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
-                        sw.add(Result("", "", batch))
-                        rows += batch.num_rows
+                for batch in _batches(parts):
+                    sw.add(Result("", "", batch))
+                    rows += batch.num_rows
         _fsync_rename(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -243,7 +289,12 @@ def merge_parts(parts: list[Path], final: Path, fmt: str, metadata: dict[str, An
     return rows
 
 
-def check_writable(folder: Path) -> None:
+def _batches(parts: list[Path | UriPath]) -> Iterator[pa.RecordBatch]:
+    for part in parts:
+        yield from pq.ParquetFile(**arrow_source(part)).iter_batches(batch_size=65536)
+
+
+def check_writable(folder: Path | UriPath) -> None:
     """Fail early (exit 2) if ``folder`` cannot be created or written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -251,8 +302,11 @@ def check_writable(folder: Path) -> None:
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as e:
-        raise OutputError(f"cannot write to {folder}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write to {folder}: {one_line(e)}") from None
 
 
-def remove_tree(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+def remove_tree(folder: Path | UriPath) -> None:
+    if isinstance(folder, UriPath):
+        folder.remove_tree()
+    else:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -329,3 +330,31 @@ def test_missing_input_path_is_a_usage_error(tmp_path: Path) -> None:
     assert "nope: no such file or folder" in r.stderr and "nothing to do" in r.stderr
     r = cage("annotate", tmp_path / "nope", SINGLE, "-o", tmp_path / "y.parquet")
     assert r.exit_code == 1 and read(tmp_path / "y.parquet").num_rows == 1
+
+
+def test_uri_output(tmp_path: Path) -> None:
+    """-o file:///... goes through the generic pyarrow filesystem code (cage_cli.store: a file
+    is written locally, then copied beside its final name and renamed): the rows of a plain
+    path, nothing left beside them; a folder output resumes from its parts' footers; a bad
+    URI is one line, exit 2."""
+    args = [SINGLE, MULTI, CLIP, "--max-frames", "3"]
+    plain = cage("annotate", *args, "-o", tmp_path / "plain.parquet")
+    r = cage("annotate", *args, "-o", f"file://{tmp_path}/uri.parquet")
+    assert plain.exit_code == r.exit_code == 0, r.stderr
+    assert_same_rows(read(tmp_path / "uri.parquet"), read(tmp_path / "plain.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.parquet", "uri.parquet"]
+    r = cage("annotate", *args, "-o", f"file://{tmp_path}/uri.parquet")
+    assert r.exit_code == 2 and "exists; use --overwrite" in r.stderr
+
+    out = f"file://{tmp_path}/ds/"
+    assert cage("annotate", SINGLE, "-o", out, "--max-frames", "3").exit_code == 0
+    r = cage("annotate", *args, "-o", out, "--resume")
+    assert r.exit_code == 0 and re.search(r"files done earlier \(resumed\)\W+1\W", r.stderr)
+    assert_same_rows(read_folder(tmp_path / "ds"), read(tmp_path / "plain.parquet"))
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
+        "_cage_run-s0of1.json", "part-s0of1-00000.parquet", "part-s0of1-00001.parquet"]
+
+    r = cage("annotate", SINGLE, "-o", "nope://bucket/out.parquet")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "cage: error: cannot use output nope://bucket/out.parquet: Unrecognized filesystem "
+        "type in URI: nope://bucket/out.parquet")
