@@ -16,7 +16,7 @@ every section, so a run cut off by a timeout still shows how far it got):
    (packets copied, not re-encoded) to about 2,000 frames; GPU busy time sampled by NVML
    (pynvml) or nvidia-smi; the busy seconds of each stage (decode, detect, crop, classify,
    rows, write), timed by wrapping the library's stage functions here, and the bottleneck.
-4. training: steps of ``cage train`` (cage_cli.train.train) on a tiny dataset made here from
+4. training: steps of ``cage train`` (cage_cli.train.loop.train) on a tiny dataset made here from
    the shared photos, with mixed precision on CUDA; steps/s.
 
 Writes benchmarks/results/gpu_check.json and a markdown table beside it (``--out``). Runs from
@@ -85,8 +85,8 @@ def annotate_table(inputs: list[str], out: Path, device: str, max_frames: int | 
     """Annotate with AnnotateOptions defaults (fp32) into ``out``; (rows, Summary)."""
     import pyarrow.parquet as pq
 
-    from cage_cli.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.runner import annotate_to
+    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.runner import annotate_to
 
     options = AnnotateOptions()
     if max_frames is not None:
@@ -326,21 +326,21 @@ class StageTimer:
         self._undo.append(lambda: setattr(owner, attr, original))
 
     def __enter__(self) -> StageTimer:
-        import cage_cli.infer
-        import cage_cli.pipeline
-        import cage_cli.runner
-        from cage_cli.detect import Detector
+        import cage_cli.annotation.infer
+        import cage_cli.annotation.pipeline
+        import cage_cli.annotation.runner
+        from cage_cli.annotation.detect import Detector
+        from cage_cli.annotation.write import DatasetWriter
         from cage_cli.models.registry import ExpressionModel
-        from cage_cli.write import DatasetWriter
 
-        self._patch(cage_cli.pipeline, "frames", "decode", generator=True)
+        self._patch(cage_cli.annotation.pipeline, "frames", "decode", generator=True)
         self._patch(Detector, "_detect_same_size", "detect")  # keyframes, photos
         self._patch(Detector, "relocate", "detect")  # faces followed between keyframes
-        self._patch(cage_cli.infer, "crop_faces", "crop")
+        self._patch(cage_cli.annotation.infer, "crop_faces", "crop")
         self._patch(ExpressionModel, "predict", "classify")
-        self._patch(cage_cli.pipeline, "to_rows", "rows")
+        self._patch(cage_cli.annotation.pipeline, "to_rows", "rows")
         self._patch(DatasetWriter, "add", "write")
-        self._patch(cage_cli.runner, "merge_parts", "write")
+        self._patch(cage_cli.annotation.runner, "merge_parts", "write")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -412,8 +412,8 @@ class GpuSampler:
 
 
 def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
-    from cage_cli.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.runner import annotate_to
+    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.runner import annotate_to
 
     target = 2000
     options = AnnotateOptions()
@@ -427,7 +427,7 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
             results[name] = {"error": "skipped: over --budget-s"}
             continue
         try:
-            from cage_cli.decode import video_index
+            from cage_cli.annotation.decode import video_index
 
             n = len(video_index(str(src))[0])
             loops = 2 if args.quick else max(1, round(target / n))
@@ -505,7 +505,7 @@ def make_dataset(media: Path, folder: Path, rows: int, size: int) -> Path:
 
 
 def training(args: argparse.Namespace, tmp: Path) -> dict:
-    from cage_cli.train import TrainOptions, train
+    from cage_cli.train.loop import TrainOptions, train
 
     if args.quick:
         steps, batch, backbone, size, workers = 3, 4, "test_efficientnet", 64, 0

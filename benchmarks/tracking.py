@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from cage_cli.inputs import discover
-from cage_cli.pipeline import AnnotateOptions, Pipeline, RunOptions
-from cage_cli.track import box_iou as iou
+from cage_cli.annotation.inputs import discover
+from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
+from cage_cli.annotation.track import box_iou as iou
 
 HERE = Path(__file__).resolve().parent
 MEDIA = HERE.parents[1] / "shared" / "media"

@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 DEFAULT_MODEL = "faceapi-expression"
 
 _EXPORTS = {
-    "annotate": "pipeline",
-    "AnnotateOptions": "pipeline",
-    "RunOptions": "pipeline",
-    "Pipeline": "pipeline",
-    "annotate_to": "runner",
+    "annotate": "annotation.pipeline",
+    "AnnotateOptions": "annotation.pipeline",
+    "RunOptions": "annotation.pipeline",
+    "Pipeline": "annotation.pipeline",
+    "annotate_to": "annotation.runner",
     "create_model": "models",
     "list_models": "models",
     "SCHEMA": "schema",

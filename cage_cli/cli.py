@@ -20,7 +20,7 @@ from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import DEFAULT_MODEL, __version__
-from .detect import DetectOptions
+from .annotation.detect import DetectOptions
 
 
 def _names_not_types(params: list) -> list:
@@ -271,13 +271,13 @@ def annotate(
         metavar="N", min=0,
         help="With --ray, detect a video of more than N sampled frames in segments of about "
              "N frames, one task each (same rows); 0: never split.",
-        rich_help_panel="Runs")] = 2000,  # cage_cli.cluster.RayOptions.segment_frames
+        rich_help_panel="Runs")] = 2000,  # cage_cli.annotation.cluster.RayOptions.segment_frames
     ray_gpu_actors: Annotated[Optional[bool], typer.Option(  # noqa: UP045
         "--ray-gpu-actors/--no-ray-gpu-actors", show_default="on when the cluster has GPUs",
         help="With --ray: classify on a pool of GPU actors that batch the faces of several "
              "tasks, tasks detecting on their CPUs; --no-ray-gpu-actors: each task runs the "
              "whole pipeline on a share of a GPU. docs/scaling.md.",
-        rich_help_panel="Runs")] = None,  # cage_cli.cluster.RayOptions.classify_actors
+        rich_help_panel="Runs")] = None,  # cage_cli.annotation.cluster.RayOptions.classify_actors
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -300,15 +300,15 @@ def annotate(
     cage annotate big_collection/ -o out_dir/ --resume
     ```
     """
-    from .cluster import INSTALL_HINT, RayOptions, have_ray
-    from .decode import Sampling
-    from .detect import DETECTORS
-    from .inputs import discover, parse_shard, read_list
+    from .annotation.cluster import INSTALL_HINT, RayOptions, have_ray
+    from .annotation.decode import Sampling
+    from .annotation.detect import DETECTORS
+    from .annotation.inputs import discover, parse_shard, read_list
+    from .annotation.pipeline import AnnotateOptions, RunOptions
+    from .annotation.progress import RunProgress, print_summary
+    from .annotation.runner import annotate_to
+    from .annotation.write import OutputError
     from .models import ModelError
-    from .pipeline import AnnotateOptions, RunOptions
-    from .progress import RunProgress, print_summary
-    from .runner import annotate_to
-    from .write import OutputError
 
     paths = list(inputs or [])
     if files_from:
@@ -440,7 +440,7 @@ def models_cmd(
         out.print(Markdown(card.read_text()))
 
 
-# --- cage train / cage evaluate (issue 5; code in train.py, evaluate.py) -----------------
+# --- cage train / cage evaluate (issue 5; code in train/) ---------------------------------
 
 @app.command("train")
 def train_cmd(
@@ -535,9 +535,9 @@ def train_cmd(
     cage train AffectNet/train_set --val AffectNet/val_set --pretrained-file maxvit_t.pth
     ```
     """
-    from .datasets import DataError, user_message
     from .models import ModelError
-    from .train import TrainError, TrainOptions, train
+    from .train.datasets import DataError, user_message
+    from .train.loop import TrainError, TrainOptions, train
 
     opts = TrainOptions(
         data=data, out=out, val=val, images=images, val_images=val_images, task=task,
@@ -601,9 +601,9 @@ def evaluate_cmd(
     cage evaluate AffectNet/val_set --weights runs/affectnet8/best.pt --json val.json
     ```
     """
-    from .datasets import DataError, user_message
-    from .evaluate import evaluate, print_report, write_json
     from .models import ModelError
+    from .train.datasets import DataError, user_message
+    from .train.evaluate import evaluate, print_report, write_json
 
     if batch_size < 1:
         fail("--batch-size must be at least 1")
@@ -628,7 +628,7 @@ def evaluate_cmd(
             fail(f"cannot write {json_out}: {e.strerror or e}")
 
 
-# --- cage render / plot / summary (issue 8; code in render.py, plot.py, summary.py) ----------
+# --- cage render / plot / summary (issue 8; code in view/) --------------------------------
 
 @app.command("render")
 def render_cmd(
@@ -666,8 +666,8 @@ def render_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .render import render
-    from .summary import VizError
+    from .view.render import render
+    from .view.summary import VizError
 
     if output is None:
         output = _beside(annotations, "_rendered") + "/"
@@ -736,8 +736,8 @@ def plot_cmd(
     cage plot faces.parquet --source interview.mp4 --tracks 8 -o interview.svg
     ```
     """
-    from . import plot as plots
-    from .summary import VizError, load_annotations
+    from .view import plot as plots
+    from .view.summary import VizError, load_annotations
 
     chosen = output is None
     if output is None:
@@ -793,7 +793,7 @@ def summary_cmd(
     """
     import json
 
-    from .summary import VizError, load_annotations, print_summary, summarize
+    from .view.summary import VizError, load_annotations, print_summary, summarize
 
     if tracks < 0:
         fail("--tracks must be 0 or more")
@@ -811,7 +811,7 @@ def summary_cmd(
                       max_tracks=tracks)
 
 
-# --- cage export (issue 9; code in export.py) ---------------------------------------------
+# --- cage export (issue 9; code in export/) -----------------------------------------------
 
 @app.command("export")
 def export_cmd(
@@ -907,19 +907,20 @@ def export_cmd(
     cage export review/ --apply-review review.csv
     ```
     """
-    from . import export as ex
+    from .export import prelabel as ex
+    from .export import review
 
     if apply_review is not None:
         if output is not None:
             fail("--apply-review updates the DATASET_DIR given as the argument; drop -o")
         try:
-            result = ex.apply_review(apply_review, annotations)
+            result = review.apply_review(apply_review, annotations)
         except ex.ExportError as e:
             fail(str(e))
         except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
             _debug_guard(debug, e)
         if not quiet:
-            ex.print_review_summary(err, result)
+            review.print_review_summary(err, result)
         return
     if output is None:
         output = _beside(annotations, "_dataset")

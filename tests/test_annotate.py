@@ -87,9 +87,9 @@ def test_fps_sampling_and_keep_empty(tmp_path: Path) -> None:
 
 def test_formats_give_same_rows(tmp_path: Path) -> None:
     """Parquet, JSONL and CSV hold the same rows, nulls included (the --keep-empty row of
-    no_faces.jpg has null strings), read back by cage_cli.read and by docs/schema.md's
+    no_faces.jpg has null strings), read back by cage_cli.annotation.read and by docs/schema.md's
     recipes."""
-    from cage_cli.read import read_annotations
+    from cage_cli.annotation.read import read_annotations
 
     tables, outs = {}, {}
     for ext in ("parquet", "jsonl", "csv"):

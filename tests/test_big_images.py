@@ -19,10 +19,10 @@ from conftest import CLIP, MEDIA, MULTI, NOFACE, ROOT, SINGLE, cage
 from PIL import Image
 from typer.testing import CliRunner
 
+from cage_cli.annotation.decode import DecodeError, Sampling, frames, load_image
+from cage_cli.annotation.detect import Detector
+from cage_cli.annotation.inputs import MediaFile
 from cage_cli.cli import app
-from cage_cli.decode import DecodeError, Sampling, frames, load_image
-from cage_cli.detect import Detector
-from cage_cli.inputs import MediaFile
 
 
 def huge_png(path: Path, width: int, height: int) -> None:

@@ -13,8 +13,8 @@ from conftest import NOFACE, cage
 from typer.testing import CliRunner
 
 from cage_cli import DEFAULT_MODEL, __version__
+from cage_cli.annotation.read import read_run_info
 from cage_cli.cli import app
-from cage_cli.read import read_run_info
 
 GROUP = typer.main.get_command(app)
 COMMANDS = sorted(GROUP.commands)

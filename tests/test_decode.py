@@ -14,8 +14,8 @@ import pytest
 from conftest import CLIP, INTERVIEW, SINGLE
 from PIL import Image
 
-from cage_cli.decode import Sampling, frames
-from cage_cli.inputs import MediaFile
+from cage_cli.annotation.decode import Sampling, frames
+from cage_cli.annotation.inputs import MediaFile
 
 
 def _decord_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:

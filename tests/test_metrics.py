@@ -1,4 +1,4 @@
-"""cage_cli.metrics against hand-worked values and against scikit-learn on random data."""
+"""cage_cli.train.metrics against hand-worked values and against scikit-learn on random data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cage_cli.metrics import (
+from cage_cli.train.metrics import (
     ccc,
     classification_metrics,
     confusion_matrix,

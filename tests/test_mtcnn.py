@@ -1,4 +1,4 @@
-"""cage_cli.mtcnn gives facenet-pytorch's MTCNN detections on real media, faster."""
+"""cage_cli.annotation.mtcnn gives facenet-pytorch's MTCNN detections on real media, faster."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from conftest import CLIP, INTERVIEW, MEDIA, MULTI, NOFACE, SINGLE
 from facenet_pytorch import MTCNN as Reference
 from PIL import Image
 
-from cage_cli.mtcnn import MTCNN
-from cage_cli.mtcnn_nets import batched_nms, nms
+from cage_cli.annotation.mtcnn import MTCNN
+from cage_cli.annotation.mtcnn_nets import batched_nms, nms
 
 
 def _frames() -> list[tuple[str, np.ndarray]]:

@@ -19,13 +19,13 @@ import pytest
 from conftest import CLIP, MEDIA, MULTI, NOFACE, SINGLE, cage
 from PIL import Image
 
-from cage_cli.decode import load_image
-from cage_cli.plot import build_figure
-from cage_cli.read import read_annotations, read_run_info
-from cage_cli.render import LABEL_COLORS, render_video
+from cage_cli.annotation.decode import load_image
+from cage_cli.annotation.read import read_annotations, read_run_info
+from cage_cli.annotation.write import merge_parts
 from cage_cli.schema import EXPRESSIONS
-from cage_cli.summary import load_annotations, summarize
-from cage_cli.write import merge_parts
+from cage_cli.view.plot import build_figure
+from cage_cli.view.render import LABEL_COLORS, render_video
+from cage_cli.view.summary import load_annotations, summarize
 
 VIDEO_FRAMES = 8  # sampled at --fps 5: frames 0, 5, ..., 35 (0 to 1.4 s)
 

@@ -23,13 +23,13 @@ import pytest
 from conftest import CLIP, INTERVIEW, SINGLE, cage
 from PIL import Image
 
-from cage_cli.decode import video_frames_at
-from cage_cli.export import ExportError, per_track, pick_diverse, read_manifest
-from cage_cli.plot import _label_runs, _track_series, build_figure
-from cage_cli.read import read_annotations
-from cage_cli.render import LABEL_COLORS, draw_faces, track_color
+from cage_cli.annotation.decode import video_frames_at
+from cage_cli.annotation.read import read_annotations
+from cage_cli.export.prelabel import ExportError, per_track, pick_diverse, read_manifest
 from cage_cli.schema import EXPRESSIONS, SCHEMA
-from cage_cli.summary import load_annotations, longest_tracks, summarize, track_stats
+from cage_cli.view.plot import _label_runs, _track_series, build_figure
+from cage_cli.view.render import LABEL_COLORS, draw_faces, track_color
+from cage_cli.view.summary import load_annotations, longest_tracks, summarize, track_stats
 
 MAX_FRAMES = 20
 

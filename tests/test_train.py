@@ -19,11 +19,11 @@ import torch
 from conftest import MEDIA, MULTI, NOFACE, SINGLE, cage
 from PIL import Image
 
-from cage_cli.datasets import DataError, Sample, load_data, load_face
 from cage_cli.models import create_model, get_config, list_models
 from cage_cli.models.cage import CUSTOM, create_from_checkpoint, load_model
 from cage_cli.schema import EXPRESSIONS
-from cage_cli.train import TrainOptions, train
+from cage_cli.train.datasets import DataError, Sample, load_data, load_face
+from cage_cli.train.loop import TrainOptions, train
 
 TINY = ["--backbone", "test_efficientnet", "--input-size", "64", "--workers", "0"]
 

@@ -7,7 +7,7 @@ bottom to top, radius 1) with a dot at the face's (valence, arousal). A face wit
 the same one `cage plot` uses for the track's line) and the id in a badge before the tag,
 which keeps the label's colour.
 
-Photos are read with :func:`cage_cli.decode.load_image` (EXIF orientation applied, like
+Photos are read with :func:`cage_cli.annotation.decode.load_image` (EXIF orientation applied, like
 `cage annotate`), so boxes land where they were found. Videos are decoded with PyAV and
 re-encoded as H.264 MP4 with the source's size, frame count and frame timestamps (so the same
 duration and frame rate); an AAC/MP3/... audio track is copied unchanged.
@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont
 
-from .inputs import media_kind
-from .schema import EXPRESSIONS, LANDMARK_COLUMNS
+from ..annotation.inputs import media_kind
+from ..schema import EXPRESSIONS, LANDMARK_COLUMNS
 from .summary import VizError, load_annotations, match_source, sources_of
 
 #: One colour per expression (RGB), shared with `cage plot`.
@@ -323,7 +323,7 @@ def _tmp_name(target: Path) -> Path:
 
 
 def render_image(path: Path, rows: pa.Table, out: Path) -> None:
-    from .decode import DecodeError, load_image
+    from ..annotation.decode import DecodeError, load_image
 
     try:
         image = Image.fromarray(load_image(str(path)))
@@ -356,7 +356,7 @@ def _sampled_frames(path: Path, run_info: list[dict] | None) -> set[int] | None:
     if len(samplings) != 1 or not isinstance(sampling, dict):
         return None
     try:
-        from .decode import Sampling, sample_indices, video_index
+        from ..annotation.decode import Sampling, sample_indices, video_index
 
         ts, _ = video_index(str(path))  # the timestamps annotate sampled from
         return set(sample_indices(ts, Sampling(**sampling)).tolist())

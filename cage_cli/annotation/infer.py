@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..models import ExpressionModel
+from ..preprocess import crop_faces
+from ..schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
 from .decode import Frame
 from .detect import Faces
-from .models import ExpressionModel
-from .preprocess import crop_faces
-from .schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
 from .workers import Results, Workers
 
 

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import datasets as ds
-from .metrics import classification_metrics, va_metrics
-from .models.cage import (
+from ..models.cage import (
     AFFECTNET7,
     CHECKPOINT_FORMAT,
     IMAGENET_MEAN,
@@ -36,8 +34,10 @@ from .models.cage import (
     model_config,
     spec_name,
 )
-from .models.registry import ModelError, read_state_dict, resolve_device
-from .schema import EXPRESSIONS
+from ..models.registry import ModelError, read_state_dict, resolve_device
+from ..schema import EXPRESSIONS
+from . import datasets as ds
+from .metrics import classification_metrics, va_metrics
 
 #: The authors' cross-entropy weights (paper, Table 1): inverse class frequency in AffectNet's
 #: training set, normalised to sum 1.

@@ -14,11 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from . import __version__, cluster
+from .. import __version__
+from ..schema import SCHEMA_VERSION
+from . import cluster
 from .cluster import RayOptions
 from .inputs import Inputs, discover, in_shard
 from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
-from .schema import SCHEMA_VERSION
 from .store import UriPath, one_line, redact
 from .write import (
     PARTIAL_SUFFIX,
@@ -141,8 +142,8 @@ def annotate_to(
     """Annotate ``inputs`` into ``output`` (file, folder/ or '-'). Raises OutputError for
     problems the user must fix before anything runs; bad input files are reported, not raised.
 
-    With ``ray`` (cage_cli.cluster.RayOptions) the work runs as tasks on a Ray cluster that
-    write the part files themselves; everything else is the same.
+    With ``ray`` (cage_cli.annotation.cluster.RayOptions) the work runs as tasks on a Ray
+    cluster that write the part files themselves; everything else is the same.
     """
     started = time.monotonic()
     started_at = _now()

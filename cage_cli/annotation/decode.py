@@ -44,7 +44,7 @@ class Frame:
     index: int
     timestamp: float | None  # seconds from the video's own timestamps; None for images
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    position: int = 0  # videos: 0, 1, ... over the sampled frames (cage_cli.detect's chunks)
+    position: int = 0  # videos: 0, 1, ... over the sampled frames (detect.py's chunks)
 
 
 def frames(file: MediaFile, sampling: Sampling = Sampling(),

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import EXPRESSIONS
+from ..schema import EXPRESSIONS
 from .summary import (
     VizError,
     has_track_ids,
@@ -128,7 +128,7 @@ def build_figure(table: pa.Table, title: str | None = None,
 def _circumplex(ax, faces: pa.Table) -> None:
     from matplotlib.patches import Circle
 
-    from .models.va import centroids
+    from ..models.va import centroids
 
     ax.add_patch(Circle((0, 0), 1.0, fill=False, color="0.5", lw=1))
     ax.axhline(0, color="0.8", lw=0.8, zorder=0)

@@ -1,14 +1,14 @@
 """Faces in a video as tracks: one ``track_id`` per person, numbered 0, 1, ... per video in
 order of first appearance. A pure function of (state, one frame's faces); no video needed.
 
-Two kinds of frames arrive (cage_cli.detect). On a keyframe, faces come from full detection
-and are associated with the live tracks by box overlap (IoU) with each track's predicted box
-(constant velocity from its last two sightings), the distance of the landmarks breaking near
-ties, greedily, best pair first; a face that matches no track starts a new one. Between
-keyframes, each face carries a *link* to the keyframe face it was followed from, and takes
-that face's id. A track unseen for more than ``gap`` seconds of video time is dead: a face
-after that gets a new id. Faces are not matched by appearance (no face embedding), so a
-person who leaves for longer than the gap comes back under a new id.
+Two kinds of frames arrive (cage_cli.annotation.detect). On a keyframe, faces come from full
+detection and are associated with the live tracks by box overlap (IoU) with each track's predicted
+box (constant velocity from its last two sightings), the distance of the landmarks breaking near
+ties, greedily, best pair first; a face that matches no track starts a new one. Between keyframes,
+each face carries a *link* to the keyframe face it was followed from, and takes that face's id. A
+track unseen for more than ``gap`` seconds of video time is dead: a face after that gets a new id.
+Faces are not matched by appearance (no face embedding), so a person who leaves for longer than the
+gap comes back under a new id.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.

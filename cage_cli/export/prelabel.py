@@ -5,14 +5,16 @@ Layout of DATASET_DIR (docs/prelabel.md)::
     images/<stem>_f<frame>_<face>.jpg   square face crops (--size, --margin), from the source
     train.csv, val.csv, ...             one labels CSV per split (labels.csv without --split),
                                         in the layout `cage train` / `cage evaluate` read
-                                        (cage_cli/datasets.py): image path relative to the CSV,
-                                        expression (index in AffectNet-8 order), valence, arousal
+                                        (cage_cli/train/datasets.py): image path relative to
+                                        the CSV, expression (index in AffectNet-8 order),
+                                        valence, arousal
     manifest.csv | manifest.parquet     every crop: source, frame, face, box, crop region,
                                         split, machine label and probabilities, review state
     export.json                         options, counts, sources that failed, reviews applied
 
-The labels CSVs are always rebuilt from the manifest, so ``apply_review`` only edits the
-manifest's label columns and writes the CSVs again.
+The labels CSVs are always rebuilt from the manifest, so ``apply_review`` (review.py) only
+edits the manifest's label columns and writes the CSVs again. This module also holds what the
+review path shares: the manifest and labels CSV readers and writers, ``canonical_class``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .schema import EXPRESSIONS, PROB_COLUMNS
+from ..schema import EXPRESSIONS, PROB_COLUMNS
 
 IMAGE_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
 MANIFEST_FORMATS = ("csv", "parquet")
@@ -43,7 +45,7 @@ IMAGES_DIR = "images"
 NO_SPLIT = "labels"  # the labels CSV's name without --split
 
 #: Columns of each labels CSV. ``image`` and ``expression`` (index) / ``valence`` / ``arousal``
-#: are what cage_cli/datasets.py reads; no ``x1..y2`` / ``label`` / ``path`` columns, which it
+#: are what cage_cli/train/datasets.py reads; no ``x1..y2`` / ``label`` / ``path`` columns, which it
 #: would take for a face box, the class or the image.
 LABEL_COLUMNS: tuple[str, ...] = (
     "image", "expression", "valence", "arousal", "expression_name", "label_source", "model",
@@ -66,9 +68,6 @@ _INT_COLS = {"annotation_row", "frame_index", "frame_width", "frame_height", "fa
 _FLOAT_COLS = {"timestamp_s", "x1", "y1", "x2", "y2", "det_score", "confidence", "valence",
                "arousal", *PROB_COLUMNS}
 
-#: What a reviewer may write in ``reviewed_label`` besides an expression (case-insensitive).
-REJECT_WORDS = frozenset({"reject", "rejected", "drop", "discard", "x"})
-ACCEPT_WORDS = frozenset({"ok", "accept", "yes", "y", "correct"})
 ALIASES = {
     "neutrality": "neutral", "happiness": "happy", "joy": "happy", "sadness": "sad",
     "surprised": "surprise", "fearful": "fear", "afraid": "fear", "disgusted": "disgust",
@@ -121,18 +120,6 @@ class ExportSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.errors else 0
-
-
-@dataclass
-class ReviewSummary:
-    dataset: str
-    rows: int = 0  # review rows read
-    relabelled: int = 0  # given a label other than the machine's
-    confirmed: int = 0  # ok, or the machine's label written out
-    rejected: int = 0
-    restored: int = 0  # earlier rejected, now given a label again
-    unchanged: int = 0  # empty reviewed_label
-    splits: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- option parsing
@@ -431,7 +418,7 @@ def _frames_of(path: Path, media: str, indices: list[int],
 
     Photos go through decode.load_image (EXIF rotation applied, as annotate saw them); videos
     are decoded again as annotate decoded them, keeping the recorded frame indices."""
-    from .decode import DecodeError, _check_readable, load_image, video_frames_at
+    from ..annotation.decode import DecodeError, _check_readable, load_image, video_frames_at
 
     _check_readable(str(path))
     w, h = size
@@ -543,7 +530,7 @@ def _manifest_schema():
     return pa.schema([pa.field(c, typ(c)) for c in MANIFEST_COLUMNS])
 
 
-def _write_manifest(path: Path, rows: list[dict]) -> None:
+def write_manifest(path: Path, rows: list[dict]) -> None:
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -644,9 +631,9 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
     """
     from PIL import Image
 
-    from .decode import DecodeError
-    from .read import read_annotations
-    from .write import OutputError
+    from ..annotation.decode import DecodeError
+    from ..annotation.read import read_annotations
+    from ..annotation.write import OutputError
 
     t0 = time.monotonic()
     check_options(o)
@@ -741,7 +728,7 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
                                       key=lambda kv: EXPRESSIONS.index(kv[0])))
         summary.exported = len(done)
         manifest = tmp / f"manifest.{o.manifest_format.lower()}"
-        _write_manifest(manifest, done)
+        write_manifest(manifest, done)
         summary.seconds = time.monotonic() - t0
         _write_marker(tmp, ann_path, o, summary, splits, manifest.name)
         if out.exists():
@@ -760,7 +747,7 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
 
 def _write_marker(d: Path, ann: Path, o: ExportOptions, s: ExportSummary, splits: list[str],
                   manifest: str) -> None:
-    from . import __version__
+    from .. import __version__
 
     info = {
         "tool": "cage export", "tool_version": __version__,
@@ -772,122 +759,6 @@ def _write_marker(d: Path, ann: Path, o: ExportOptions, s: ExportSummary, splits
         "errors": s.errors, "reviews": [],
     }
     (d / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------- review
-
-def apply_review(review_csv: str | Path, dataset: str | Path) -> ReviewSummary:
-    """Fold a filled-in review sheet back into a dataset.
-
-    ``reviewed_label`` per row: empty = no change; an expression (name, alias or index 0-7) =
-    that label (label_source=human); ``ok`` = the current label confirmed (label_source=human);
-    ``reject`` = left out of the labels CSVs (the crop and its manifest row stay, marked
-    rejected). Rows are matched by ``image`` (the crop's path in the dataset). Nothing is
-    changed if any row is invalid.
-    """
-    d = Path(dataset)
-    marker = d / MARKER
-    if not marker.is_file():
-        raise ExportError(f"{d}: not a `cage export` dataset (no {MARKER})")
-    mpath, rows = read_manifest(d)
-    by_image = {r["image"]: r for r in rows}
-    rp = Path(review_csv)
-    try:
-        with open(rp, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            lines = list(reader)
-    except FileNotFoundError:
-        raise ExportError(f"review sheet not found: {rp}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot read {rp}: {getattr(e, 'strerror', None) or e}") from None
-    if "reviewed_label" not in header or not ({"image", "crop"} & set(header)):
-        raise ExportError(f"{rp}: expected columns image (or crop) and reviewed_label "
-                          f"(found: {', '.join(header) or 'nothing'})")
-    decisions: dict[str, tuple[str, int | None, int]] = {}  # image -> (kind, class, line)
-    unknown: list[str] = []
-    for line, raw in enumerate(lines, start=2):
-        r = {(k or "").strip(): (v or "") for k, v in raw.items()}
-        key = _review_key(r, d)
-        if key not in by_image:
-            unknown.append(key or "(empty)")
-            continue
-        value = r.get("reviewed_label", "").strip()
-        if not value:
-            decision = ("none", None, line)
-        elif value.lower() in REJECT_WORDS:
-            decision = ("reject", None, line)
-        elif value.lower() in ACCEPT_WORDS:
-            decision = ("ok", None, line)
-        else:
-            c = canonical_class(value)
-            if c is None:
-                raise ExportError(f"{rp}:{line}: unknown reviewed_label {value!r} (use one of "
-                                  f"{', '.join(EXPRESSIONS)}, ok, reject, or leave it empty)")
-            decision = ("label", c, line)
-        prev = decisions.get(key)
-        if prev is not None and prev[0] != "none" and decision[0] != "none" \
-                and prev[:2] != decision[:2]:
-            raise ExportError(f"{rp}:{line}: {key} reviewed twice with different answers "
-                              f"(also line {prev[2]})")
-        if prev is None or decision[0] != "none":
-            decisions[key] = decision
-    if unknown:
-        raise ExportError(f"{rp}: {len(unknown)} rows name crops that are not in {d}, e.g. "
-                          f"{unknown[0]} (a sheet from another export?); nothing changed")
-    s = ReviewSummary(dataset=str(d), rows=len(lines))
-    for key, (kind, c, _line) in decisions.items():
-        r = by_image[key]
-        if kind == "none":
-            s.unchanged += 1
-            continue
-        if kind == "reject":
-            s.rejected += 1
-            r["rejected"] = True
-            continue
-        if r["rejected"]:
-            s.restored += 1
-        r["rejected"] = False
-        if kind == "ok":
-            s.confirmed += 1
-        else:
-            if EXPRESSIONS[c] != r["machine_label"]:
-                s.relabelled += 1
-            else:
-                s.confirmed += 1
-            r["label"] = EXPRESSIONS[c]
-            r["expression"] = c
-        r["label_source"] = "human"
-    info = json.loads(marker.read_text())
-    splits = list(info.get("labels") or sorted({r["split"] for r in rows}))
-    _write_manifest(mpath, rows)
-    s.splits = write_labels(d, rows, splits)
-    info.setdefault("reviews", []).append({
-        "sheet": str(rp.resolve()), "applied": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rows": s.rows, "relabelled": s.relabelled, "confirmed": s.confirmed,
-        "rejected": s.rejected, "restored": s.restored})
-    info["counts"]["splits_after_review"] = s.splits
-    tmp = marker.with_name(MARKER + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, marker)
-    return s
-
-
-def _review_key(r: dict[str, str], dataset: Path) -> str:
-    """The dataset-relative crop path a review row names (``image``, else ``crop``)."""
-    key = r.get("image", "").strip()
-    if key:
-        return key.replace(os.sep, "/")
-    crop = r.get("crop", "").strip()
-    if not crop:
-        return ""
-    p = Path(crop)
-    if p.is_absolute():
-        try:
-            return p.resolve().relative_to(dataset.resolve()).as_posix()
-        except ValueError:
-            return crop
-    return p.as_posix()
 
 
 # --------------------------------------------------------------------------- console output
@@ -956,12 +827,3 @@ def empty_split_warning(s: ExportSummary) -> str | None:
             f"{s.sources_ok} sources, and each source goes whole into one split; export more "
             "sources, try another --seed, or use fewer splits")
 
-
-def print_review_summary(console, s: ReviewSummary) -> None:
-    parts = [f"{s.relabelled} relabelled", f"{s.confirmed} confirmed", f"{s.rejected} rejected"]
-    if s.restored:
-        parts.append(f"{s.restored} restored")
-    parts.append(f"{s.unchanged} not reviewed")
-    sizes = ", ".join(f"{k}.csv {v}" for k, v in s.splits.items())
-    console.print(f"cage: review applied to {s.dataset}: {', '.join(parts)}; now {sizes}",
-                  markup=False, highlight=False, soft_wrap=True)

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..models import DEFAULT_MODEL, ExpressionModel, create_model
 from . import track
 from .decode import DecodeError, Frame, Sampling, frames
 from .detect import DetectOptions, Detector, Faces
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
-from .models import DEFAULT_MODEL, ExpressionModel, create_model
 from .workers import Results, cpu_workers, release_memory
 
 
@@ -41,9 +41,9 @@ class AnnotateOptions:
     detect: DetectOptions = field(default_factory=DetectOptions)
     keep_empty: bool = False
     #: videos: full detection on every K-th sampled frame; faces are re-located on the frames
-    #: between (cage_cli.detect). 1: every frame detected in full.
+    #: between (cage_cli.annotation.detect). 1: every frame detected in full.
     detect_every: int = 5
-    track_gap: float = 1.0  # seconds of video time a track may go unseen (cage_cli.track)
+    track_gap: float = 1.0  # seconds of video time a track may go unseen (track.py)
     smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
 
 
@@ -185,7 +185,7 @@ class Pipeline:
         When a group is ready, the last group's classification is queued, then this group's
         detection, so the workers detect while this thread builds rows.
 
-        With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.cluster),
+        With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.annotation.cluster),
         videos give only their sampled frames at those positions, as :class:`Detections`
         (see :meth:`rows`) instead of rows."""
         ro = self.run_options

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import EXPRESSIONS
+from ..schema import EXPRESSIONS
 
 
 class VizError(Exception):
@@ -34,8 +34,8 @@ def load_annotations(path: str | Path) -> tuple[pa.Table, list[dict] | None]:
 
     Raises :class:`VizError` for a missing file or one that is not an annotation output.
     """
-    from .read import read_annotations, read_run_info
-    from .write import OutputError
+    from ..annotation.read import read_annotations, read_run_info
+    from ..annotation.write import OutputError
 
     p = Path(path)
     try:

@@ -1,17 +1,16 @@
-"""Stage 3: find faces. MTCNN (facenet-pytorch's networks, run by cage_cli.mtcnn).
+"""Stage 3: find faces. MTCNN (facenet-pytorch's networks, run by cage_cli.annotation.mtcnn).
 
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
 
-Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th
-sampled frame) and the K-1 sampled frames after it. Each face found on the keyframe is
-searched for again, frame by frame, by MTCNN in a window around where it is predicted to be
-(``MTCNN.near``: the boxes are those full detection gives). A face not found there has no row
-in that frame (no guessed boxes); it is searched for again in the chunk's next frames, from
-where it was last seen. New faces appear at the next keyframe. Each face found between
-keyframes carries a *link*: the index of the keyframe face it continues (cage_cli.track gives
-it that face's id). A chunk depends only on its own frames, so chunks are detected in
-parallel, and rows do not depend on how frames are grouped.
+Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th sampled
+frame) and the K-1 sampled frames after it. Each face found on the keyframe is searched for again,
+frame by frame, by MTCNN in a window around where it is predicted to be (``MTCNN.near``: the boxes
+are those full detection gives). A face not found there has no row in that frame (no guessed boxes);
+it is searched for again in the chunk's next frames, from where it was last seen. New faces appear
+at the next keyframe. Each face found between keyframes carries a *link*: the index of the keyframe
+face it continues (cage_cli.annotation.track gives it that face's id). A chunk depends only on its
+own frames, so chunks are detected in parallel, and rows do not depend on how frames are grouped.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cage_cli.track import box_iou
-from cage_cli.workers import Results
+from .track import box_iou
+from .workers import Results
 
 if TYPE_CHECKING:  # pragma: no cover - torch loads when a Detector is built, not for --help
     import torch
@@ -46,7 +45,7 @@ class Faces:
     scores: np.ndarray  # (K,) float32; NaN where no detector ran
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
     source: str = "detected"  # detected | padded | whole_image
-    track_ids: np.ndarray | None = None  # (K,) int32 in videos (cage_cli.track); None: none
+    track_ids: np.ndarray | None = None  # (K,) int32 in videos (track.py); None: none
     error: str | None = None  # why detection failed on this frame (then there are no faces)
     #: between keyframes: (K,) int32, the index of the keyframe face each face continues;
     #: None on keyframes (full detection)
@@ -122,7 +121,7 @@ def downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class Detector:
     """MTCNN with our thresholds; call with a list of (H, W, 3) uint8 frames.
 
-    With a ``pool`` (cage_cli.workers: threads with one torch thread each), frames
+    With a ``pool`` (cage_cli.annotation.workers: threads with one torch thread each), frames
     on the CPU are detected in parallel, one per thread: MTCNN's many small operators scale
     poorly over intra-op threads, and whole frames in parallel are faster (measured in
     docs/performance.md).
@@ -132,7 +131,7 @@ class Detector:
                  pool: Executor | None = None):
         import torch
 
-        from cage_cli.mtcnn import MTCNN
+        from .mtcnn import MTCNN
 
         self.options = options
         self.device = torch.device(device)

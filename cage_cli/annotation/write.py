@@ -11,8 +11,8 @@ is exactly what the part files say.
   name beside it, then renamed) and the folder is removed.
 * ``-o -``: JSON lines on stdout, no resume.
 * ``-o s3://bucket/prefix/`` (or ``.../out.parquet``; any pyarrow filesystem URI): the same,
-  through :class:`cage_cli.store.UriPath`; a file is written locally, then published under
-  its final name in one step (``temp_for``, ``_fsync_rename``).
+  through :class:`cage_cli.annotation.store.UriPath`; a file is written locally, then
+  published under its final name in one step (``temp_for``, ``_fsync_rename``).
 
 ``--resume`` reads the done inputs back from the parts and skips them.
 """
@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..schema import SCHEMA
 from .pipeline import Result
-from .schema import SCHEMA
 from .store import UriPath, is_uri, one_line, redact, uri_path
 
 FORMATS = ("parquet", "jsonl", "csv")

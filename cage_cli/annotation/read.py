@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .schema import SCHEMA
+from ..schema import SCHEMA
 from .write import META_KEY, OutputError
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.registry import ModelConfig
-from .schema import EXPRESSIONS
+from ..models.registry import ModelConfig
+from ..schema import EXPRESSIONS
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -189,7 +189,7 @@ def _read_csv(path: Path, root: Path) -> FaceData:
 
 def _no_rows(path: Path) -> str:
     """Why a labels CSV has no rows; names an empty split of a `cage export` dataset."""
-    from .export import MARKER
+    from ..export.prelabel import MARKER
 
     try:
         info = json.loads((path.parent / MARKER).read_text())
@@ -351,7 +351,7 @@ def open_rgb(path: str):
 
 def load_face(sample: Sample, config: ModelConfig) -> np.ndarray:
     """The model's input for one sample: (S, S, C) uint8, cropped as ``config`` says."""
-    from .preprocess import crop_face, whole_image_config
+    from ..preprocess import crop_face, whole_image_config
 
     image = open_rgb(sample.path)
     if sample.box is not None:
@@ -367,7 +367,7 @@ def detect_faces(data: FaceData, device: str = "cpu", cache: Path | None = None,
     Boxes are cached in ``cache`` (JSON, keyed by path) when given, so a resumed run does not
     detect again.
     """
-    from .mtcnn import MTCNN
+    from ..annotation.mtcnn import MTCNN
 
     known: dict[str, list[float] | None] = {}
     if cache is not None and cache.is_file():

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import EXPRESSIONS
 from . import datasets as ds
 from .metrics import classification_metrics, va_metrics
-from .schema import EXPRESSIONS
 
 
 def evaluate(data: str | Path, model: str | None = None, weights: str | Path | None = None,
@@ -29,7 +29,7 @@ def evaluate(data: str | Path, model: str | None = None, weights: str | Path | N
     """Run ``model`` over ``data``; return the metrics as a JSON-ready dict."""
     from torch.utils.data import DataLoader
 
-    from .models.cage import load_model
+    from ..models.cage import load_model
 
     fd = ds.load_data(data, images)
     if not fd.has_labels and not fd.has_va:
