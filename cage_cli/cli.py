@@ -124,7 +124,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _beside(annotations: str, suffix: str) -> str:
-    """A default output next to the annotations: faces.parquet + ".png" -> faces.png."""
+    """A default output next to the annotations: faces.parquet + ".png" -> faces.png (for
+    annotations on a URI, s3://bucket/faces.parquet, in the working folder)."""
+    from .annotation.store import is_uri, uri_path
+
+    if is_uri(annotations):
+        return Path(uri_path(annotations).rstrip("/")).stem + suffix
     return str(Path(annotations).parent / (Path(annotations).resolve().stem + suffix))
 
 
@@ -630,11 +635,14 @@ def evaluate_cmd(
 
 # --- cage render / plot / summary (issue 8; code in view/) --------------------------------
 
+ANNOTATIONS_HELP = ("Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv; a "
+                    "local path or a URI (s3://bucket/out/).")
+
 @app.command("render")
 def render_cmd(
     annotations: Annotated[str, typer.Argument(
         metavar="ANNOTATIONS",
-        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        help=ANNOTATIONS_HELP,
         show_default=False)],
     source: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="PATH",
@@ -706,7 +714,7 @@ def render_cmd(
 def plot_cmd(
     annotations: Annotated[str, typer.Argument(
         metavar="ANNOTATIONS",
-        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        help=ANNOTATIONS_HELP,
         show_default=False)],
     output: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "-o", "--output", metavar="FILE", help="PLOT.png, PLOT.svg or PLOT.pdf.",
@@ -769,7 +777,7 @@ def plot_cmd(
 def summary_cmd(
     annotations: Annotated[str, typer.Argument(
         metavar="ANNOTATIONS",
-        help="Output of `cage annotate`: .parquet, a dataset folder, .jsonl or .csv.",
+        help=ANNOTATIONS_HELP,
         show_default=False)],
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
@@ -793,10 +801,12 @@ def summary_cmd(
     """
     import json
 
+    from .annotation.store import redact
     from .view.summary import VizError, load_annotations, print_summary, summarize
 
     if tracks < 0:
         fail("--tracks must be 0 or more")
+    shown = redact(annotations)  # a URI without the credentials it may carry
     try:
         table, info = load_annotations(annotations)
         result = summarize(table, info)
@@ -805,9 +815,9 @@ def summary_cmd(
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         _debug_guard(debug, e)
     if json_out:
-        typer.echo(json.dumps({"annotations": annotations, **result}, indent=2))
+        typer.echo(json.dumps({"annotations": shown, **result}, indent=2))
     else:
-        print_summary(result, Console(), title=f"cage summary: {annotations}",
+        print_summary(result, Console(), title=f"cage summary: {shown}",
                       max_tracks=tracks)
 
 
@@ -817,8 +827,9 @@ def summary_cmd(
 def export_cmd(
     annotations: Annotated[str, typer.Argument(
         metavar="ANNOTATIONS",
-        help="Output of `cage annotate` (.parquet, dataset folder, .jsonl or .csv). With "
-             "--apply-review: the DATASET_DIR to update.", show_default=False)],
+        help="Output of `cage annotate` (.parquet, dataset folder, .jsonl or .csv; a local "
+             "path or a URI). With --apply-review: the DATASET_DIR to update.",
+        show_default=False)],
     output: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "-o", "--output", metavar="DIR",
         help="DATASET_DIR to create: images/, one labels CSV per split, manifest, "

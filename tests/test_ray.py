@@ -355,27 +355,6 @@ def test_classify_on_actors(ray_address: str, local: pa.Table, tmp_path: Path) -
     assert stats["faces"] == local.num_rows and stats["calls"] <= stats["requests"]
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A real S3 API on 127.0.0.1 (moto's server) with a bucket ``bkt``: yields the URI of a
-    key in it (credentials and endpoint in the URI, so Ray's workers reach it too) and a
-    pyarrow S3FileSystem to look inside."""
-    from pyarrow.fs import S3FileSystem
-
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        fs = S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"{host}:{port}",
-                          scheme="http", allow_bucket_creation=True)
-        fs.create_dir("bkt")
-        yield (lambda key: f"s3://k:s@bkt/{key}?endpoint_override={host}:{port}&scheme=http",
-               fs)
-    finally:
-        server.stop()
-
-
 def objects(fs, prefix: str) -> list[str]:  # noqa: ANN001 - a pyarrow FileSystem
     from pyarrow.fs import FileSelector
 

@@ -367,3 +367,38 @@ def test_default_outputs_go_beside_the_annotations(photos, tmp_path) -> None:
     e = one_line_error(cage("plot", ann))
     assert "exists" in e
 
+
+
+def test_read_commands_take_uri_outputs(s3, tmp_path, monkeypatch) -> None:
+    """An output written to a URI (-o s3://..., file://...) is read back by summary, plot,
+    render and export as a local one is; a default figure goes to the working folder; a bad
+    URI is one line, exit 2."""
+    uri, _ = s3
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "local.parquet"
+    outputs = [uri("views/faces.parquet"), uri("views/ds/"), f"file://{tmp_path}/ds/"]
+    for out in [local, *outputs]:
+        r = cage("annotate", SINGLE, MULTI, CLIP, "--max-frames", "10", "-o", out, "-q")
+        assert r.exit_code == 0, r.stderr
+    want = json.loads(cage("summary", local, "--json").stdout)
+    want_rows = read_annotations(local)
+    for out in outputs:
+        assert read_annotations(out).equals(want_rows), out
+        r = cage("summary", out, "--json")
+        assert r.exit_code == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got.pop("annotations") == out.replace("k:s@", "")  # credentials not shown
+        assert got == {k: v for k, v in want.items() if k != "annotations"}
+    assert cage("plot", uri("views/faces.parquet")).exit_code == 0
+    assert Image.open(tmp_path / "faces.png").size[0] > 100  # faces.png in the working folder
+    r = cage("render", uri("views/faces.parquet"), "-o", tmp_path / "rendered/", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "rendered").iterdir()) == [
+        MULTI.name, CLIP.name, SINGLE.name]
+    r = cage("export", uri("views/ds/"), "-o", tmp_path / "exported", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert len(list((tmp_path / "exported" / "images").rglob("*.jpg"))) == want_rows.num_rows
+    r = cage("summary", "nope://bucket/faces.parquet")
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "cage: error: cannot open nope://bucket/faces.parquet: Unrecognized filesystem type "
+        "in URI: nope://bucket/faces.parquet")

@@ -1,4 +1,5 @@
-"""Read back anything `cage annotate` writes: Parquet file or dataset folder, JSONL, CSV."""
+"""Read back anything `cage annotate` writes: Parquet file or dataset folder, JSONL, CSV; on
+a local path or a pyarrow filesystem URI (``s3://bucket/out/``, as ``-o`` takes)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,26 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..schema import SCHEMA
-from .write import META_KEY, OutputError
+from .store import UriPath, is_uri, one_line, redact
+from .write import META_KEY, OutputError, arrow_source, read_footer
 
 
-def read_annotations(path: str | Path) -> pa.Table:
+def location(path: str | Path | UriPath) -> Path | UriPath:
+    """An output to read: a local path, or a :class:`UriPath` for a URI (bad URI:
+    OutputError)."""
+    if isinstance(path, UriPath):
+        return path
+    if not is_uri(str(path)):
+        return Path(path)
+    try:
+        return UriPath.from_uri(str(path))
+    except (ValueError, OSError) as e:
+        raise OutputError(f"cannot open {redact(str(path))}: {one_line(e)}") from None
+
+
+def read_annotations(path: str | Path | UriPath) -> pa.Table:
     """All rows of an annotation output as a table with :data:`cage_cli.SCHEMA`."""
-    p = Path(path)
+    p = location(path)
     if not p.exists():
         raise OutputError(f"{p}: no such file or folder")
     try:
@@ -24,16 +39,19 @@ def read_annotations(path: str | Path) -> pa.Table:
             parts = sorted(p.glob("*.parquet"))
             if not parts:
                 raise OutputError(f"{p}: folder holds no .parquet part files")
-            table = pads.dataset(parts, schema=SCHEMA, format="parquet").to_table()
+            fs = p.fs if isinstance(p, UriPath) else None
+            table = pads.dataset([arrow_source(part)["source"] for part in parts],
+                                 schema=SCHEMA, format="parquet", filesystem=fs).to_table()
         elif p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
         elif p.suffix.lower() == ".csv":
             opts = pacsv.ConvertOptions(column_types=SCHEMA, include_columns=SCHEMA.names,
                                         strings_can_be_null=True)  # empty cell = null
-            table = pacsv.read_csv(p, convert_options=opts).cast(SCHEMA)
+            source = p.fs.open_input_stream(p.path) if isinstance(p, UriPath) else p
+            table = pacsv.read_csv(source, convert_options=opts).cast(SCHEMA)
         else:
-            table = pq.read_table(p, schema=SCHEMA)
+            table = pq.read_table(**arrow_source(p), schema=SCHEMA)
     except OutputError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, json.JSONDecodeError, KeyError, OSError) as e:
@@ -41,12 +59,12 @@ def read_annotations(path: str | Path) -> pa.Table:
     return table.replace_schema_metadata(SCHEMA.metadata)
 
 
-def read_run_info(path: str | Path) -> list[dict]:
+def read_run_info(path: str | Path | UriPath) -> list[dict]:
     """The run records (options, model, errors, ...) of an output; [] for JSONL/CSV."""
-    p = Path(path)
+    p = location(path)
     if p.is_dir():
         return [json.loads(m.read_text()) for m in sorted(p.glob("_cage_run*.json"))]
     if p.suffix.lower() in (".parquet", ".pq"):
-        meta = pq.read_metadata(p).metadata or {}  # the footer: files and part files
+        meta = read_footer(p)  # the footer: files and part files
         return [json.loads(meta[META_KEY])] if META_KEY in meta else []
     return []

@@ -95,8 +95,15 @@ class UriPath:
     def resolve(self) -> UriPath:
         return self
 
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
     def exists(self) -> bool:
         return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
 
     def iterdir(self) -> list[UriPath]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))

@@ -32,11 +32,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..schema import EXPRESSIONS, PROB_COLUMNS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..annotation.store import UriPath
 
 IMAGE_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
 MANIFEST_FORMATS = ("csv", "parquet")
@@ -458,8 +461,8 @@ def _is_within(p: Path, folder: Path) -> bool:
     return p == folder or folder in p.parents
 
 
-def _check_outputs(out: Path, annotations: Path, review: Path | None, source_paths: list[Path],
-                   overwrite: bool) -> None:
+def _check_outputs(out: Path, annotations: Path | None, review: Path | None,
+                   source_paths: list[Path], overwrite: bool) -> None:
     folders = {s.parent for s in source_paths} | {s.resolve().parent for s in source_paths}
     for f in sorted(folders):
         if _is_within(out, f):
@@ -470,7 +473,7 @@ def _check_outputs(out: Path, annotations: Path, review: Path | None, source_pat
                               "choose another place")
     if any(_is_within(s, out) for s in source_paths):
         raise ExportError(f"{out} holds source media; choose another -o")
-    if _is_within(annotations, out):
+    if annotations is not None and _is_within(annotations, out):
         raise ExportError(f"the annotations {annotations} lie inside {out}; choose another -o")
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -632,25 +635,27 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
     from PIL import Image
 
     from ..annotation.decode import DecodeError
-    from ..annotation.read import read_annotations
+    from ..annotation.read import location, read_annotations
     from ..annotation.write import OutputError
 
     t0 = time.monotonic()
     check_options(o)
-    ann_path = Path(annotations)
     out = Path(os.path.abspath(out_dir))
     try:
+        ann_path = location(annotations)  # a local path, or a URI (s3://...)
         table = read_annotations(ann_path)
     except OutputError as e:
         raise ExportError(str(e)) from None
-    roots = [Path(o.root).resolve()] if o.root else [Path.cwd(), ann_path.resolve().parent]
+    local = isinstance(ann_path, Path)
+    roots = [Path(o.root).resolve()] if o.root else \
+        [Path.cwd()] + ([ann_path.resolve().parent] if local else [])
     rows = table.to_pylist()
     for i, r in enumerate(rows):
         r["annotation_row"] = i
         r["_conf"] = confidence(r)
     resolved = {s: _resolve(s, roots) for s in {r["source"] for r in rows}}
     review = Path(os.path.abspath(o.review_csv)) if o.review_csv else None
-    _check_outputs(out, Path(os.path.abspath(ann_path)), review,
+    _check_outputs(out, Path(os.path.abspath(ann_path)) if local else None, review,
                    [Path(os.path.abspath(p)) for p in resolved.values()], o.overwrite)
 
     summary = ExportSummary(output=str(out), annotations=sum(
@@ -745,8 +750,8 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
     return summary
 
 
-def _write_marker(d: Path, ann: Path, o: ExportOptions, s: ExportSummary, splits: list[str],
-                  manifest: str) -> None:
+def _write_marker(d: Path, ann: Path | UriPath, o: ExportOptions, s: ExportSummary,
+                  splits: list[str], manifest: str) -> None:
     from .. import __version__
 
     info = {

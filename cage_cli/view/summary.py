@@ -34,11 +34,11 @@ def load_annotations(path: str | Path) -> tuple[pa.Table, list[dict] | None]:
 
     Raises :class:`VizError` for a missing file or one that is not an annotation output.
     """
-    from ..annotation.read import read_annotations, read_run_info
+    from ..annotation.read import location, read_annotations, read_run_info
     from ..annotation.write import OutputError
 
-    p = Path(path)
     try:
+        p = location(path)
         table = read_annotations(p)
     except OutputError as e:
         raise VizError(str(e)) from None
