@@ -117,6 +117,12 @@ def _exit(code: int | str | None) -> None:
     os._exit(code)
 
 
+def _stdout() -> Console:
+    """A console for tables on stdout: a terminal's width; into a pipe or file, room for a
+    table's natural width (rich would otherwise fold it, file names and all, at 80 columns)."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line on stderr and exit with ``code``."""
     err.print(f"cage: error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -414,7 +420,7 @@ def models_cmd(
 
     from .models import ModelError, get_config, list_models
 
-    out = Console()
+    out = _stdout()
     if name is None:
         table = Table(title="cage models", caption="* default of `cage annotate`. "
                       "`cage models NAME` shows a model's config and card.")
@@ -625,7 +631,7 @@ def evaluate_cmd(
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         _debug_guard(debug, e)
     if json_out != "-":
-        print_report(result, Console())
+        print_report(result, _stdout())
     if json_out:
         try:
             write_json(result, json_out)
@@ -744,6 +750,7 @@ def plot_cmd(
     cage plot faces.parquet --source interview.mp4 --tracks 8 -o interview.svg
     ```
     """
+    from .annotation.store import is_uri, uri_path
     from .view import plot as plots
     from .view.summary import VizError, load_annotations
 
@@ -761,7 +768,8 @@ def plot_cmd(
         if tracks < 0:
             raise VizError("--tracks must be 0 or more")
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
-                                 or Path(annotations).name, tracks=tracks)
+                                 or Path(uri_path(annotations) if is_uri(annotations)
+                                         else annotations).name, tracks=tracks)
         plots.save_figure(fig, out)
         if chosen:
             err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -817,7 +825,7 @@ def summary_cmd(
     if json_out:
         typer.echo(json.dumps({"annotations": shown, **result}, indent=2))
     else:
-        print_summary(result, Console(), title=f"cage summary: {shown}",
+        print_summary(result, _stdout(), title=f"cage summary: {shown}",
                       max_tracks=tracks)
 
 
