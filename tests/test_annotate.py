@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -121,6 +122,25 @@ def test_stdout_is_only_json_lines(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in lines]
     assert {r["source"] for r in rows} == {str(MULTI)}
     assert "files ok" not in proc.stdout
+
+
+def test_console_script_exit_codes_and_complete_output(tmp_path: Path) -> None:
+    """The `cage` process (cli.main: it ends without Python's object teardown) keeps the exit
+    codes and leaves complete files: a bad input among good ones is exit 1 with the others'
+    rows written; a usage error is exit 2; --version is exit 0."""
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    out = tmp_path / "faces.parquet"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300)
+    proc = run([sys.executable, "-m", "cage_cli", "annotate", str(MULTI), str(bad), "-o",
+                str(out), "-q"])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().startswith(f"cage: skipped {bad}: ")
+    assert read(out).num_rows == 6
+    proc = run([sys.executable, "-m", "cage_cli", "annotate", str(MULTI), "--no-such-option"])
+    assert proc.returncode == 2 and "No such option" in proc.stderr
+    proc = run([sys.executable, "-m", "cage_cli", "--version"])
+    assert proc.returncode == 0 and proc.stdout.startswith("cage ")
 
 
 def test_reader_that_closes_early_stops_quietly(tmp_path: Path) -> None:
