@@ -36,19 +36,12 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
     pool = pool if model.device.type == "cpu" else None
     if pool is not None:
         batch_size = min(batch_size, -(-n // pool.n))
-    # Batches of batch_size faces in frame order: (image, boxes of it, whole) pieces.
-    batches: list[list[tuple]] = [[]]
-    room = batch_size
-    for image, d in faces_of:
-        a = 0
-        while a < len(d):
-            if not room:
-                batches.append([])
-                room = batch_size
-            b = min(len(d), a + room)
-            batches[-1].append((image, d.boxes[a:b], d.source == "whole_image"))
-            room -= b - a
-            a = b
+    # Faces [lo, hi) of the run in frame order, as (image, its boxes there, whole) pieces.
+    starts = np.cumsum([0] + [len(d) for _, d in faces_of])
+    batches = [[(image, d.boxes[max(lo - s, 0) : lo + batch_size - s], d.source == "whole_image")
+                for (image, d), s in zip(faces_of, starts, strict=False)
+                if s < lo + batch_size and s + len(d) > lo]
+               for lo in range(0, n, batch_size)]
     return Results.map(pool, functools.partial(_crop_predict, model), batches)
 
 
@@ -101,9 +94,8 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
     valence, arousal = per_face(preds["valence"][:m]), per_face(preds["arousal"][:m])
     labels = np.full(len(of_row), None, object)
     labels[has_face] = _labels(preds["probs"][:m])
-    face_rows = np.where(has_face)[0]
     face_source = np.full(len(of_row), None, object)
-    face_source[face_rows] = [d.source for d in with_faces for _ in range(len(d))]
+    face_source[has_face] = [d.source for d in with_faces for _ in range(len(d))]
 
     cols = {
         "source": text([f.source for f in frames]),

@@ -12,21 +12,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..schema import SCHEMA
-from .store import UriPath, is_uri, one_line, redact
-from .write import META_KEY, OutputError, arrow_source, read_footer
+from .store import UriPath
+from .write import META_KEY, OutputError, arrow_source, output_location, read_footer
 
 
 def location(path: str | Path | UriPath) -> Path | UriPath:
     """An output to read: a local path, or a :class:`UriPath` for a URI (bad URI:
     OutputError)."""
-    if isinstance(path, UriPath):
-        return path
-    if not is_uri(str(path)):
-        return Path(path)
-    try:
-        return UriPath.from_uri(str(path))
-    except (ValueError, OSError) as e:
-        raise OutputError(f"cannot open {redact(str(path))}: {one_line(e)}") from None
+    return path if isinstance(path, UriPath) else output_location(str(path), "open")
 
 
 def read_annotations(path: str | Path | UriPath) -> pa.Table:

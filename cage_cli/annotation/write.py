@@ -79,14 +79,15 @@ def output_format(path: str, fmt: str | None) -> str:
     return EXTENSIONS[ext]
 
 
-def output_location(output: str) -> Path | UriPath:
-    """``output`` as a path: a local :class:`Path`, or a :class:`UriPath` for a URI."""
+def output_location(output: str, doing: str = "use output") -> Path | UriPath:
+    """``output`` as a path: a local :class:`Path`, or a :class:`UriPath` for a URI (a bad
+    one: OutputError "cannot <doing> <uri>: why")."""
     if not is_uri(output):
         return Path(output)
     try:
         return UriPath.from_uri(output)
     except (ValueError, OSError) as e:
-        raise OutputError(f"cannot use output {redact(output)}: {one_line(e)}") from None
+        raise OutputError(f"cannot {doing} {redact(output)}: {one_line(e)}") from None
 
 
 def temp_for(final: Path | UriPath) -> Path:
