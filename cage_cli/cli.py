@@ -294,6 +294,8 @@ def annotate(
         help="Commit a part file at least this often (seconds).")] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
         help="No progress bar and no summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+        help="Also name each file left out as not media, and why.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Find faces in photos and videos and write one row per face: box, landmarks, expression
@@ -353,12 +355,17 @@ def annotate(
     if ray and not have_ray():
         fail(INSTALL_HINT)
     found = discover(paths)
+    if verbose:
+        for path, why in found.skipped:
+            err.print(f"cage: ignored {path}: {why}", markup=False, highlight=False,
+                      soft_wrap=True)
     if not found.files:
         for path, reason in found.errors:
             err.print(f"cage: skipped {path}: {reason}", markup=False, highlight=False,
                       soft_wrap=True)
         fail(f"nothing to do: no image or video files in {', '.join(paths)}"
-             + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+             + (f" ({len(found.skipped)} other files skipped; --verbose names them)"
+                if found.skipped and not verbose else ""))
     options = AnnotateOptions(
         model=model,
         weights=str(Path(weights).resolve()) if weights else None,

@@ -79,6 +79,36 @@ def _check_readable(path: str) -> None:
         raise DecodeError(e.strerror or str(e)) from None
 
 
+#: HEIF's major brands (ISO/IEC 23008-12; Canon's HIF and iPhones' HEIC among them). AVIF
+#: ("avif") is Pillow's own.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif",
+                         b"mif1", b"msf1"})
+_heif_registered = False
+
+
+def register_heif(path: str) -> bool:
+    """If ``path`` is a HEIF file (by its first 12 bytes), make Pillow read it: pi-heif's
+    plugin is imported on the first such file only, so runs without one never load it.
+    Raises DecodeError if pi-heif is not installed."""
+    global _heif_registered
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False  # the caller reports why it cannot be read
+    if head[4:8] != b"ftyp" or head[8:12] not in HEIF_BRANDS:
+        return False
+    if not _heif_registered:
+        try:
+            from pi_heif import register_heif_opener
+        except ImportError:
+            raise DecodeError("HEIF photo, and pi-heif (its reader) is not installed: "
+                              "pip install pi-heif") from None
+        register_heif_opener()
+        _heif_registered = True
+    return True
+
+
 def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Open an image as (H, W, 3) uint8 RGB: EXIF orientation applied, any mode converted.
 
@@ -86,6 +116,7 @@ def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     ``max_pixels`` is refused from its header, before any pixel is decoded. Each step frees
     the one before, so at most two copies of the pixels exist at once.
     """
+    register_heif(path)
     try:
         with Image.open(path) as im:
             check_size(*im.size, max_pixels)
