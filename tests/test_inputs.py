@@ -151,6 +151,11 @@ def test_folder_walk_reads_heic_and_reports_what_it_skipped(tmp_path: Path) -> N
     r = cage("annotate", folder, "-o", tmp_path / "again.parquet", "--verbose", "-q")
     assert r.exit_code == 0
     assert f"cage: ignored {folder / 'notes.txt'}: {SKIPPED_EXTENSION}" in r.stderr
+    # render draws on a JPEG copy: Pillow cannot write HEIC
+    r = cage("render", out, "-o", f"{tmp_path / 'drawn'}/", "-q")
+    assert r.exit_code == 0, r.stderr
+    with Image.open(tmp_path / "drawn" / "IMG_0001.jpg") as im, Image.open(SINGLE) as src:
+        assert im.size == src.size
 
 
 def test_explicit_files_are_probed_folders_go_by_extension(made: Path) -> None:
