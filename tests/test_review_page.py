@@ -190,7 +190,11 @@ def test_review_by_keyboard_save_and_apply(dataset: Path, browser, tmp_path: Pat
     assert {i: answers(d).get(i) for i in clip} == dict.fromkeys(clip, "happy")
     keys(d, "u")
     assert not any(i in answers(d) for i in clip)
-    keys(d, "2", shift=True)
+    # The same by mouse: the menu, "all 6 crops of track 0" ticked, happy.
+    click(d, tile(d, clip[3]).find_element("css selector", ".more"))
+    d.find_element("id", "m-track").click()
+    d.find_element("css selector", '#menu button[data-v="happy"]').click()
+    assert {i: answers(d).get(i) for i in clip} == dict.fromkeys(clip, "happy")
     click(d, tile(d, clip[2]))
     keys(d, "x")  # one crop of the track on its own
     # The mouse: the single photo's menu.
