@@ -2,11 +2,13 @@
 
 ``missing()`` says why no browser can be started (tests skip with it); ``chromium(downloads)``
 starts one with a fresh profile, downloads going into ``downloads`` without a prompt, and the
-DevTools network log on (``network_urls``).
+DevTools network log on (``network_urls``). ``many_crops`` makes a large `cage export`
+dataset out of a small one (tests/test_review_page.py, benchmarks/review_page.py).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -65,3 +67,31 @@ def network_urls(driver) -> list[str]:
                 "documentURL", "").startswith(("chrome://", "chrome-untrusted://")):
             urls.append(msg["params"]["request"]["url"])
     return urls
+
+
+def many_crops(dataset: Path, out: Path, n: int) -> Path:
+    """A dataset of ``n`` crops made of ``dataset``'s (hard links under new names), with
+    confidences spread over [0, 1), 40 tracks per video and a ``person_id`` column (P0-P4)."""
+    from cage_cli.export.prelabel import read_manifest, write_manifest
+
+    (out / "images").mkdir(parents=True)
+    shutil.copy(dataset / "export.json", out)
+    _, rows = read_manifest(dataset)
+    many = []
+    for i in range(n):
+        r = dict(rows[i % len(rows)])
+        name = f"images/crop_{i:05d}.jpg"
+        os.link(dataset / r["image"], out / name)
+        r.update(image=name, confidence=(i * 7919 % n) / n, rejected=False)
+        if r["track_id"] is not None:
+            r["track_id"] = i % 40
+        many.append(r)
+    manifest = out / "manifest.csv"
+    write_manifest(manifest, many)
+    with open(manifest, newline="") as f:
+        table = list(csv.DictReader(f))
+    with open(manifest, "w", newline="") as f:  # as face identification may add it
+        w = csv.DictWriter(f, fieldnames=[*table[0], "person_id"])
+        w.writeheader()
+        w.writerows({**r, "person_id": f"P{i % 5}"} for i, r in enumerate(table))
+    return out
