@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from browser import chromium, many_crops, missing, network_urls
 from conftest import CLIP, MULTI, SINGLE, cage
 
-from cage_cli.export.prelabel import read_manifest
+from cage_cli.export.prelabel import read_manifest, write_manifest
 from cage_cli.schema import EXPRESSIONS
 
 NO_BROWSER = missing()
@@ -253,6 +254,44 @@ def test_review_by_keyboard_save_and_apply(dataset: Path, browser, tmp_path: Pat
     assert labelled[clip[0]]["expression_name"] == "happy"
     r = cage("export", "--apply-review", saved, dataset)  # again: the counts say so
     assert "(as before: nothing changed)" in " ".join(r.stderr.split())
+
+
+@needs_browser
+def test_photos_only_with_a_parquet_manifest(dataset: Path, browser, tmp_path: Path) -> None:
+    """No tracks: no Track filter, shift + key answers the one crop; a manifest.parquet is
+    read and updated."""
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    shutil.copy(dataset / "export.json", photos)
+    rows = [m for m in read_manifest(dataset)[1] if m["media"] == "image"]
+    for m in rows:  # as exported (an earlier test applied a review to the dataset)
+        shutil.copy(dataset / m["image"], photos / m["image"])
+        m.update(label=m["machine_label"], expression=EXPRESSIONS.index(m["machine_label"]),
+                 label_source="machine", rejected=False)
+    write_manifest(photos / "manifest.parquet", rows)
+    assert cage("review", photos).exit_code == 0
+    d = browser
+    open_page(d, photos / "review.html")
+    shown = tiles(d)
+    assert sorted(shown) == sorted(m["image"] for m in rows) and len(shown) == 7
+    assert not d.find_element("id", "f-track").is_displayed()
+    keys(d, "4", shift=True)
+    assert answers(d) == {shown[0]: "surprise"} and focused(d) == shown[1]
+    face = next(m for m in rows if m["face_index"])
+    assert f"face {face['face_index']}" in tile(d, face["image"]).text
+    for f in d.downloads.glob("review-answers*.csv"):
+        f.unlink()
+    keys(d, "s")
+    saved = d.downloads / "review-answers.csv"
+    wait(d, saved.is_file)
+    time.sleep(0.3)
+    assert saved.read_text() == f"image,reviewed_label\n{shown[0]},surprise\n"
+    assert js_errors(d) == []
+    r = cage("export", "--apply-review", saved, photos)
+    assert r.exit_code == 0, r.stderr
+    after = {m["image"]: m for m in read_manifest(photos)[1]}
+    assert after[shown[0]]["label"] == "surprise" and after[shown[0]]["label_source"] == "human"
+    assert sum(m["label_source"] == "human" for m in after.values()) == 1
 
 
 @needs_browser
