@@ -898,8 +898,9 @@ def export_cmd(
              "reviewed_label column.", rich_help_panel="Review")] = None,
     apply_review: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE",
-        help="Fold this filled-in review sheet into the dataset given as the argument "
-             "(reviewed_label: an expression, ok or reject).", rich_help_panel="Review")] = None,
+        help="Fold these answers (a filled-in review sheet, or the review-answers.csv of "
+             "`cage review`'s page) into the dataset given as the argument (reviewed_label: "
+             "an expression, ok or reject).", rich_help_panel="Review")] = None,
     root: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="DIR", help="Folder that relative source paths are resolved against.",
         show_default="the current folder, then the annotations' folder")] = None,
@@ -980,11 +981,12 @@ def review_cmd(
     open_page: Annotated[bool, typer.Option(
         "--open", help="Also open the page in the default web browser.")] = False,
 ) -> None:
-    """Write DATASET_DIR/review.html: a page to check the machine labels by looking at the
-    crops, answer with the keyboard and save the answers as review-answers.csv, for
-    `cage export --apply-review`. One file, nothing fetched from the network; it shows the
-    crops by relative paths, so the folder can be zipped and sent. Walkthrough:
-    docs/prelabel.md.
+    """Write DATASET_DIR/review.html, a page to check the machine labels by looking at the
+    crops and answering with the keyboard. Walkthrough: docs/prelabel.md.
+
+    Its "Save answers" downloads review-answers.csv, for `cage export --apply-review`. One
+    file, nothing fetched from the network; it shows the crops by relative paths, so the
+    folder can be zipped and sent to a reviewer.
 
     Examples:
 
