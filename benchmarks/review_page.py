@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -113,13 +114,15 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     import platform
 
-    meta = {"machine": platform.processor() or platform.machine(), "repeat": a.repeat,
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(), "repeat": a.repeat,
             "browser": driver.capabilities.get("browserVersion")}
     (RESULTS / "review_page.json").write_text(json.dumps({**meta, "results": results},
                                                           indent=2) + "\n")
     (RESULTS / "review_page.md").write_text(
         f"benchmarks/review_page.py (Chromium {meta['browser']}, headless; medians of "
-        f"{a.repeat})\n\n{table}\n")
+        f"{a.repeat}; {meta['cpus']} CPUs, load average {meta['load_average'][0]:.0f} at the "
+        f"end: a shared machine)\n\n{table}\n")
 
 
 if __name__ == "__main__":
