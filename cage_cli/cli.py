@@ -905,8 +905,9 @@ def export_cmd(
              "reviewed_label column.", rich_help_panel="Review")] = None,
     apply_review: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE",
-        help="Fold this filled-in review sheet into the dataset given as the argument "
-             "(reviewed_label: an expression, ok or reject).", rich_help_panel="Review")] = None,
+        help="Fold these answers (a filled-in review sheet, or the review-answers.csv of "
+             "`cage review`'s page) into the dataset given as the argument (reviewed_label: "
+             "an expression, ok or reject).", rich_help_panel="Review")] = None,
     root: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="DIR", help="Folder that relative source paths are resolved against.",
         show_default="the current folder, then the annotations' folder")] = None,
@@ -978,6 +979,43 @@ def export_cmd(
         err.print(warning, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
+
+
+@app.command("review")
+def review_cmd(
+    dataset: Annotated[str, typer.Argument(
+        metavar="DATASET_DIR", help="A folder written by `cage export`.", show_default=False)],
+    open_page: Annotated[bool, typer.Option(
+        "--open", help="Also open the page in the default web browser.")] = False,
+) -> None:
+    """Write DATASET_DIR/review.html, a page to check the machine labels by looking at the
+    crops and answering with the keyboard. Walkthrough: docs/prelabel.md.
+
+    Its "Save answers" downloads review-answers.csv, for `cage export --apply-review`. One
+    file, nothing fetched from the network; it shows the crops by relative paths, so the
+    folder can be zipped and sent to a reviewer.
+
+    Examples:
+
+    ```
+    cage review ds/ --open
+    cage export --apply-review ~/Downloads/review-answers.csv ds/
+    ```
+    """
+    from .export.prelabel import ExportError
+    from .export.review_page import write_review_page
+
+    try:
+        page = write_review_page(dataset)
+    except ExportError as e:
+        fail(str(e))
+    typer.echo(str(page))
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            err.print("cage: no web browser found; open the file above in one",
+                      markup=False, highlight=False, soft_wrap=True)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -273,7 +273,8 @@ def test_review_round_trip(ann: Path, rows: list[dict], tmp_path: Path) -> None:
         assert c["label_source"] == "human" and c["expression"] == before[c["image"]]["expression"]
         untouched = [k for k in after if k not in (relabel["image"], confirm["image"])]
         assert all(after[k] == before[k] for k in untouched)
-    assert "1 relabelled, 1 confirmed, 1 rejected" in " ".join(r.stderr.split())
+    assert "1 relabelled, 1 confirmed, 1 rejected (as before: nothing changed)" in " ".join(
+        r.stderr.split())  # the second time
     man = {m["image"]: m for m in read_manifest(out)[1]}
     assert man[reject["image"]]["rejected"] and (out / reject["image"]).is_file()
     assert man[relabel["image"]]["machine_label"] == relabel["machine_label"]
