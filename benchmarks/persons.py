@@ -1,0 +1,198 @@
+"""Person linking on photos of known people: verification and clustering, box vs aligned crops.
+
+    python benchmarks/persons.py [--identity ../shared/identity] [--out FILE]
+
+For every photo in identity/identities.csv (london/: 100 studio portraits of 50 people; wild/:
+61 photos of 13 public figures taken over years), cage's own MTCNN (Detector, default options,
+as for photos) finds the faces; the person is the largest face (img31, img40 and img54 of wild/
+show others too). Each face is embedded by ``faceapi-recognition`` twice: from face-api's own
+box crop (box padded to a square, resized to 150) and from the crop aligned on its five
+landmarks (cage_cli.annotation.embed).
+
+Measures:
+
+* verification on wild/pairs.csv (deepface's 528 pairs): accuracy at face-api's threshold 0.6,
+  at the chosen default, and at the best threshold for these pairs (an optimistic number);
+* clustering (cage_cli.annotation.identity.link_persons, average and complete linkage) of each
+  set on its own, aligned crops: pairwise precision and recall at thresholds 0.30 .. 0.60;
+* cost per face on this CPU: alignment, and embedding at batch 1 and 16 (median wall time).
+
+Prints tables and writes JSON to benchmarks/results/persons.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cage_cli.annotation.detect import DetectOptions, Detector
+from cage_cli.annotation.embed import (
+    align_face,
+    box_crops,
+    distances,
+    embed_crops,
+    face_crops,
+    load_embedding_model,
+)
+from cage_cli.annotation.identity import DEFAULT_THRESHOLD, LINKAGES, link_persons, pair_scores
+
+IDENTITY = Path(__file__).resolve().parents[2] / "shared" / "identity"
+OUT = Path(__file__).parent / "results" / "persons.json"
+THRESHOLDS = np.round(np.arange(0.30, 0.60001, 0.025), 3)
+
+
+def faces(root: Path) -> dict:
+    """Per photo: person, set, the largest face's aligned and box crop; faces found."""
+    rows = list(csv.DictReader(open(root / "identities.csv")))
+    detector = Detector(DetectOptions(), "cpu")
+    out = {"file": [], "person": [], "set": [], "aligned": [], "box": [], "n_faces": []}
+    for row in rows:
+        image = np.asarray(Image.open(root / row["file"]).convert("RGB"))
+        (found,) = detector([image], [True])
+        out["n_faces"].append(len(found))
+        if not len(found):
+            print(f"  no face in {row['file']}")
+            continue
+        area = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
+        k = int(np.argmax(area))
+        out["file"].append(row["file"])
+        out["person"].append(row["person"])
+        out["set"].append(row["file"].split("/")[0])
+        out["aligned"].append(face_crops(image, found.landmarks[k:k + 1])[0])
+        out["box"].append(box_crops(image, found.boxes[k:k + 1])[0])
+    return out
+
+
+def verification(root: Path, files: list[str], emb: np.ndarray) -> dict:
+    index = {f: i for i, f in enumerate(files)}
+    pairs = list(csv.DictReader(open(root / "wild" / "pairs.csv")))
+    usable = [p for p in pairs if p["file_x"] in index and p["file_y"] in index]
+    a = np.array([index[p["file_x"]] for p in usable])
+    b = np.array([index[p["file_y"]] for p in usable])
+    same = np.array([p["same_person"] == "1" for p in usable])
+    d = np.linalg.norm(emb[a] - emb[b], axis=1)
+    cands = np.unique(np.concatenate([d, [0.6, DEFAULT_THRESHOLD]]))
+    accs = np.array([((d <= t) == same).mean() for t in cands])
+    best = int(np.argmax(accs))
+    return {
+        "pairs": len(usable), "pairs_listed": len(pairs), "same": int(same.sum()),
+        "accuracy_at_0.6": float(((d <= 0.6) == same).mean()),
+        f"accuracy_at_{DEFAULT_THRESHOLD}": float(((d <= DEFAULT_THRESHOLD) == same).mean()),
+        "best_accuracy": float(accs[best]), "best_threshold": float(cands[best]),
+        "same_distance_mean": float(d[same].mean()), "same_distance_max": float(d[same].max()),
+        "different_distance_mean": float(d[~same].mean()),
+        "different_distance_min": float(d[~same].min()),
+    }
+
+
+def clustering(emb: np.ndarray, person: np.ndarray) -> dict:
+    out = {}
+    for linkage in LINKAGES:
+        out[linkage] = [{"threshold": float(t), **pair_scores(person, link_persons(
+            emb, float(t), linkage=linkage))} for t in THRESHOLDS]
+    d = distances(emb)
+    same = person[:, None] == person[None, :]
+    upper = np.triu(np.ones_like(same), 1)
+    out["closest_different_pair"] = float(d[~same & upper].min())
+    out["farthest_same_pair"] = float(d[same & upper].max())
+    return out
+
+
+def timing(model, crop: np.ndarray, image: np.ndarray, marks: np.ndarray) -> dict:
+    """ms per face: median and fastest of repeated calls (the fastest is the least disturbed
+    by other processes on a shared machine)."""
+    def ms(fn, n: int, repeats: int) -> dict[str, float]:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return {"median": 1000 * float(np.median(times)) / n, "min": 1000 * min(times) / n}
+
+    crops16 = np.repeat(crop[None], 16, axis=0)
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+        "align_ms_per_face": ms(lambda: align_face(image, marks), 1, 20),
+        "embed_ms_per_face_batch1": ms(lambda: embed_crops(crop[None], model), 1, 30),
+        "embed_ms_per_face_batch16": ms(lambda: embed_crops(crops16, model), 16, 10),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--identity", type=Path, default=IDENTITY)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    data = faces(args.identity)
+    print(f"{len(data['file'])} faces in {time.perf_counter() - t0:.0f} s "
+          f"({sum(n > 1 for n in data['n_faces'])} photos with more than one face)")
+    model = load_embedding_model(device="cpu")
+    emb = {kind: embed_crops(np.stack(data[kind]), model) for kind in ("aligned", "box")}
+    files, person, sets = data["file"], np.array(data["person"]), np.array(data["set"])
+    result: dict = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__},
+        "faces": {s: int((sets == s).sum()) for s in ("london", "wild")},
+        "descriptor_norm": {"mean": float(np.linalg.norm(emb["aligned"], axis=1).mean()),
+                            "min": float(np.linalg.norm(emb["aligned"], axis=1).min()),
+                            "max": float(np.linalg.norm(emb["aligned"], axis=1).max())},
+        "default_threshold": DEFAULT_THRESHOLD,
+        "verification_wild": {k: verification(args.identity, files, e) for k, e in emb.items()},
+        "clustering": {s: clustering(emb["aligned"][sets == s], person[sets == s])
+                       for s in ("london", "wild")},
+        "clustering_box_crop": {s: clustering(emb["box"][sets == s], person[sets == s])
+                                for s in ("london", "wild")},
+    }
+    first = files.index(next(f for f in files if f.startswith("london/")))
+    image = np.asarray(Image.open(args.identity / files[first]).convert("RGB"))
+    (found,) = Detector(DetectOptions(), "cpu")([image], [True])
+    result["cost"] = timing(model, data["aligned"][first], image, found.landmarks[0])
+
+    print("\nverification, wild/pairs.csv (faceapi-recognition, Euclidean distance)")
+    print(f"{'crop':8} {'pairs':>5} {'acc@0.6':>8} {'acc@' + str(DEFAULT_THRESHOLD):>9} "
+          f"{'best acc':>8} {'at':>6}")
+    for kind, v in result["verification_wild"].items():
+        print(f"{kind:8} {v['pairs']:5d} {v['accuracy_at_0.6']:8.3f} "
+              f"{v[f'accuracy_at_{DEFAULT_THRESHOLD}']:9.3f} {v['best_accuracy']:8.3f} "
+              f"{v['best_threshold']:6.3f}")
+    for label, table in (("aligned", result["clustering"]),
+                         ("box crop", result["clustering_box_crop"])):
+        print(f"\nclustering, {label}: pairwise precision / recall (persons found)")
+        header = "threshold " + " ".join(f"{s + ' ' + lk:>22}" for s in ("london", "wild")
+                                         for lk in LINKAGES)
+        print(header)
+        for i, t in enumerate(THRESHOLDS):
+            cells = []
+            for s in ("london", "wild"):
+                for lk in LINKAGES:
+                    r = table[s][lk][i]
+                    cells.append(f"{r['precision']:.3f} / {r['recall']:.3f} ({r['persons']:3d})")
+            print(f"{t:9.3f} " + " ".join(f"{c:>22}" for c in cells))
+        for s in ("london", "wild"):
+            print(f"{s}: closest different-person pair {table[s]['closest_different_pair']:.3f}, "
+                  f"farthest same-person pair {table[s]['farthest_same_pair']:.3f}")
+    c = result["cost"]
+    print(f"\ncost per face, ms (CPU, {c['torch_threads']} torch threads, load average "
+          f"{c['load_average_1min']:.1f}): median / fastest call")
+    for key in ("align_ms_per_face", "embed_ms_per_face_batch1", "embed_ms_per_face_batch16"):
+        print(f"  {key:28} {c[key]['median']:7.1f} / {c[key]['min']:7.1f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
