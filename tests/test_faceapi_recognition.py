@@ -129,7 +129,7 @@ def test_cli_lists_and_shows_it():
     assert NAME not in expression and NAME in embedding and "128-D" in embedding
     r = cage("models", NAME)
     assert r.exit_code == 0
-    assert "kind: embedding" in r.stdout and "Model card: `faceapi-recognition`" in r.stdout
+    assert "kind: embedding" in r.stdout and "Model card: faceapi-recognition" in r.stdout
     r = cage("annotate", MEDIA / "single_face.jpg", "-o", "-", "--model", NAME)
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "face-embedding model, not an expression model" in r.stderr

@@ -115,7 +115,7 @@ def test_face_quality_prefers_big_frontal_faces(reference):
     assert q[src == "portrait_kate_siegel.jpg"].min() > q[np.char.startswith(
         src.astype(str), "interview")].max()
     turned = marks[7].copy()
-    turned[2, 0] = turned[1, 0]  # nose tip level with one eye: a profile
+    turned[2] = turned[1]  # nose tip in line with one eye: a profile
     assert face_quality(turned[None])[0] == 0
     assert face_quality(np.full((1, 5, 2), np.nan))[0] == 0
 
