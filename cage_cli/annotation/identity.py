@@ -47,12 +47,15 @@ def overlap_constraints(groups: Sequence, starts: Sequence[float] | np.ndarray,
 
 def link_persons(embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
                  cannot_link: np.ndarray | Sequence[tuple[int, int]] | None = None,
-                 linkage: str = "average") -> np.ndarray:
-    """Person ids (N,) int32 of N items with descriptors (N, D), numbered 0, 1, ... in the
-    order of each person's first item (pass items in order of first appearance).
+                 linkage: str = "average",
+                 first_seen: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """Person ids (N,) int32 of N items with descriptors (N, D), numbered 0, 1, ... in order
+    of first appearance: of each person's earliest ``first_seen`` (e.g. the first frame of a
+    track; default: the item's index), ties broken by item index.
 
     Clusters are merged closest first while their linkage distance is at most ``threshold``,
-    never across a ``cannot_link`` pair (M, 2) of item indices.
+    never across a ``cannot_link`` pair (M, 2) of item indices. Deterministic: the same inputs
+    give the same ids.
     """
     if linkage not in LINKAGES:
         raise ValueError(f"unknown linkage {linkage!r} ({', '.join(LINKAGES)})")
@@ -97,13 +100,19 @@ def link_persons(embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
         # every other row: the merged cluster may now be its nearest
         closer = alive & (dist[:, i] < near_d)
         nearest[closer], near_d[closer] = i, dist[closer, i]
-    # renumber in order of first item
-    _, first = np.unique(label, return_index=True)
-    order = np.argsort(first, kind="stable")
+    # renumber in order of first appearance
+    seen = np.arange(n, dtype=np.float64) if first_seen is None else np.asarray(
+        first_seen, np.float64)
+    if seen.shape != (n,):
+        raise ValueError(f"first_seen has shape {seen.shape}, expected ({n},)")
+    rank = np.empty(n, np.int64)
+    rank[np.lexsort((np.arange(n), seen))] = np.arange(n)  # items by (first_seen, index)
+    first = np.full(n, n, np.int64)
+    np.minimum.at(first, label, rank)  # per cluster: the rank of its earliest item
+    clusters = np.flatnonzero(first < n)
     ids = np.empty(n, np.int32)
-    for new, cluster in enumerate(label[first[order]]):
-        ids[label == cluster] = new
-    return ids
+    ids[clusters[np.argsort(first[clusters])]] = np.arange(len(clusters))
+    return ids[label]
 
 
 def pair_scores(truth: Sequence, predicted: Sequence) -> dict[str, float | int]:
