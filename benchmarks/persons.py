@@ -15,6 +15,8 @@ Measures:
   at the chosen default, and at the best threshold for these pairs (an optimistic number);
 * clustering (cage_cli.annotation.identity.link_persons, average and complete linkage) of each
   set on its own, aligned crops: pairwise precision and recall at thresholds 0.30 .. 0.60;
+* one person within one video (short_clip.mp4, every 5th frame): how far apart the descriptors
+  of one person's faces are, one by one and as a mean of the 3 best faces of each half;
 * cost per face on this CPU: alignment, and embedding at batch 1 and 16 (median and fastest
   wall time, process CPU time); ``--cost-only`` re-times just that (``--threads N``).
 
@@ -42,11 +44,13 @@ from cage_cli.annotation.embed import (
     distances,
     embed_crops,
     face_crops,
+    face_quality,
     load_embedding_model,
 )
 from cage_cli.annotation.identity import DEFAULT_THRESHOLD, LINKAGES, link_persons, pair_scores
 
 IDENTITY = Path(__file__).resolve().parents[2] / "shared" / "identity"
+VIDEO = IDENTITY.parent / "media" / "short_clip.mp4"
 OUT = Path(__file__).parent / "results" / "persons.json"
 THRESHOLDS = np.round(np.arange(0.30, 0.60001, 0.025), 3)
 
@@ -154,6 +158,47 @@ def cost_only(root: Path, out: Path) -> None:
     print(f"-> {out}")
 
 
+def one_person_video(path: Path, step: int = 5, k: int = 3) -> dict:
+    """The one face of every ``step``-th frame of a one-person video: how far apart one person's
+    descriptors are within a video, face by face and as a mean of the ``k`` best faces
+    (face_quality) of each half of the video (two tracks of one person)."""
+    import av
+
+    detector = Detector(DetectOptions(), "cpu")
+    crops, quality = [], []
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % step:
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            (found,) = detector([image], [False])
+            if len(found) == 1:
+                crops.append(face_crops(image, found.landmarks)[0])
+                quality.append(float(face_quality(found.landmarks)[0]))
+    emb = embed_crops(np.stack(crops), load_embedding_model(device="cpu"))
+    d = distances(emb)[np.triu_indices(len(emb), 1)]
+    half = len(emb) // 2
+    q = np.array(quality)
+
+    def best(idx: np.ndarray) -> np.ndarray:
+        return emb[idx[np.argsort(-q[idx], kind="stable")[:k]]].mean(0)
+
+    a, b = best(np.arange(half)), best(np.arange(half, len(emb)))
+    return {
+        "video": path.name, "frame_step": step, "faces": len(emb),
+        "pairwise_max": float(d.max()), "pairwise_mean": float(d.mean()),
+        "to_mean_max": float(np.linalg.norm(emb - emb.mean(0), axis=1).max()),
+        f"halves_mean_of_{k}_best": float(np.linalg.norm(a - b)),
+    }
+
+
+def print_video(v: dict) -> None:
+    k = next(key for key in v if key.startswith("halves"))
+    print(f"\none person in {v['video']} ({v['faces']} faces, every {v['frame_step']}th frame): "
+          f"pairwise distance max {v['pairwise_max']:.3f}, mean {v['pairwise_mean']:.3f}; "
+          f"to the mean max {v['to_mean_max']:.3f}; {k.replace('_', ' ')} {v[k]:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--identity", type=Path, default=IDENTITY)
@@ -161,11 +206,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--cost-only", action="store_true",
                     help="only re-time the cost per face (updates its entry in --out)")
+    ap.add_argument("--video-only", action="store_true",
+                    help="only the one-person video (updates its entry in --out)")
+    ap.add_argument("--video", type=Path, default=VIDEO)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cost_only:
         cost_only(args.identity, args.out)
+        return
+    if args.video_only:
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result["one_person_video"] = one_person_video(args.video)
+        print_video(result["one_person_video"])
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
         return
 
     t0 = time.perf_counter()
@@ -189,6 +243,7 @@ def main() -> None:
         "clustering_box_crop": {s: clustering(emb["box"][sets == s], person[sets == s])
                                 for s in ("london", "wild")},
     }
+    result["one_person_video"] = one_person_video(args.video)
     first = files.index(next(f for f in files if f.startswith("london/")))
     image = np.asarray(Image.open(args.identity / files[first]).convert("RGB"))
     (found,) = Detector(DetectOptions(), "cpu")([image], [True])
@@ -217,8 +272,8 @@ def main() -> None:
         for s in ("london", "wild"):
             print(f"{s}: closest different-person pair {table[s]['closest_different_pair']:.3f}, "
                   f"farthest same-person pair {table[s]['farthest_same_pair']:.3f}")
-    c = result["cost"]
-    print_cost(c)
+    print_video(result["one_person_video"])
+    print_cost(result["cost"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out}")
