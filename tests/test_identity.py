@@ -86,6 +86,7 @@ def test_aligned_crop_puts_the_eyes_level_where_the_template_says(identity_faces
     (faces,) = detector([rotated], [True])
     crop = align_face(rotated, faces.landmarks[0])
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3) and crop.dtype == np.uint8
+    assert np.array_equal(align_face(Image.fromarray(rotated), faces.landmarks[0]), crop)
     (again,) = detector([crop], [True])
     eyes = again.landmarks[0, :2]
     assert abs(eyes[0, 1] - eyes[1, 1]) < 3  # level
