@@ -413,7 +413,8 @@ def models_cmd(
     name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
         metavar="MODEL", help="Show this model's config and card.", show_default=False)] = None,
 ) -> None:
-    """List the registered expression models, or show one model's config and card.
+    """List the registered models (expression and face-embedding), or show one model's config
+    and card.
 
     Examples:
 
@@ -445,13 +446,27 @@ def models_cmd(
                 c.licence.split(" (")[0],
             )
         out.print(table)
+        table = Table(title="face-embedding models",
+                      caption="Opt-in: embeddings are biometric data.")
+        for col in ("name", "input", "output", "weights", "licence"):
+            table.add_column(col, no_wrap=col == "name")
+        for n in list_models("embedding"):
+            c = get_config(n)
+            table.add_row(n, f"{c.input_size}x{c.input_size} RGB", f"{c.embedding_size}-D",
+                          "bundled" if c.bundled else "needs --weights",
+                          c.licence.split(" (")[0])
+        out.print(table)
         return
     try:
         c = get_config(name)
     except ModelError as e:
         fail(str(e))
-    for key in ("name", "description", "input_size", "channels", "mean", "std", "classes",
-                "va_method", "crop", "weights", "licence", "training_data", "card"):
+    keys = ("name", "description", "input_size", "channels", "mean", "std", "classes",
+            "va_method", "crop", "weights", "licence", "training_data", "card")
+    if c.kind == "embedding":
+        keys = ("name", "kind", "description", "input_size", "channels", "mean", "std",
+                "embedding_size", "crop", "weights", "licence", "training_data", "card")
+    for key in keys:
         out.print(f"[bold]{key}[/]: {getattr(c, key)}", highlight=False)
     card = Path(__file__).resolve().parent.parent / c.card
     if c.card and card.exists():
