@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 #: Canonical expression classes, in AffectNet-8 order (the order CAGE uses).
 EXPRESSIONS: tuple[str, ...] = (
