@@ -21,6 +21,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import DEFAULT_MODEL, __version__
 from .annotation.detect import DetectOptions
+from .annotation.identity import DEFAULT_THRESHOLD
 
 
 def _names_not_types(params: list) -> list:
@@ -232,6 +233,18 @@ def annotate(
              "causal moving average with this time constant; the label follows). Default: "
              "off, raw values.",
         rich_help_panel="Tracking")] = None,
+    persons: Annotated[bool, typer.Option(
+        "--persons",
+        help="Who is who: a person_id on every face (within each photo or video, tracks of "
+             "one person share it, also across cuts and absences) from a bundled face-"
+             "embedding model, and one descriptor per track (embedding) for `cage persons`. "
+             "Opt-in: face embeddings are biometric data (docs/persons.md).",
+        rich_help_panel="Persons")] = False,
+    person_threshold: Annotated[float, typer.Option(
+        metavar="DIST",
+        help="--persons: tracks whose descriptors are closer than this are one person "
+             "(lower: fewer wrong merges, more splits).",
+        rich_help_panel="Persons")] = DEFAULT_THRESHOLD,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     max_pixels: Annotated[int, typer.Option(
@@ -347,6 +360,8 @@ def annotate(
         fail("--track-gap must not be negative")
     if smooth is not None and smooth <= 0:
         fail("--smooth must be positive")
+    if person_threshold <= 0:
+        fail("--person-threshold must be positive")
     try:
         shard_ij = parse_shard(shard)
     except ValueError as e:
@@ -377,6 +392,8 @@ def annotate(
         detect_every=detect_every,
         track_gap=track_gap,
         smooth=smooth,
+        persons=persons,
+        person_threshold=person_threshold,
     )
     run = RunOptions(device=device, precision=precision, batch_size=batch_size,
                      frames_per_batch=frames_per_batch, threads=threads)
@@ -849,6 +866,50 @@ def summary_cmd(
     else:
         print_summary(result, _stdout(), title=f"cage summary: {shown}",
                       max_tracks=tracks)
+
+
+@app.command("persons")
+def persons_cmd(
+    annotations: Annotated[list[str], typer.Argument(
+        metavar="ANNOTATIONS",
+        help="One or more outputs of `cage annotate --persons` (files, folders or URIs).",
+        show_default=False)],
+    output: Annotated[str, typer.Option(
+        "-o", "--output", metavar="PATH",
+        help="The persons table: .parquet or .csv (source, frame_index, face_index, "
+             "person), one row per face; join it onto the annotation rows.")] = ...,
+    threshold: Annotated[float, typer.Option(
+        metavar="DIST",
+        help="Persons of different sources whose descriptors are closer than this are one "
+             "person (lower: fewer wrong merges, more splits).")] = DEFAULT_THRESHOLD,
+    overwrite: Annotated[bool, typer.Option(help="Replace PATH if it exists.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Link persons across sources: one run-wide `person` for the same person in many photos
+    or videos (the same participants in several sessions), from the descriptors that
+    `cage annotate --persons` stored. Persons of one source stay apart (that run kept them
+    apart). Prints each person's faces and sources.
+
+    Examples:
+
+    ```
+    cage annotate sessions/ --persons -o faces.parquet
+    cage persons faces.parquet -o persons.parquet
+    duckdb -c "select p.person, avg(f.valence) from 'faces.parquet' f join
+      'persons.parquet' p using (source, frame_index, face_index) group by 1"
+    ```
+    """
+    from .view.persons import PersonsError, link_outputs, print_persons
+
+    if threshold <= 0:
+        fail("--threshold must be positive")
+    try:
+        table = link_outputs(annotations, output, threshold, overwrite)
+    except PersonsError as e:
+        fail(str(e), e.exit_code)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    print_persons(table, _stdout(), output)
 
 
 # --- cage export (issue 9; code in export/) -----------------------------------------------

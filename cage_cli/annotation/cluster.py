@@ -264,7 +264,8 @@ class ActorPipeline(Pipeline):
 
     def _classify(self, job: _Job):  # noqa: ANN202 - workers.Results
         # One chunk of every face (no batch limit here): the actor makes the model calls.
-        return submit_predictions(self.model, job.frames, job.faces.get(), 2**31, self.waiter)
+        return submit_predictions(self.model, job.frames, job.faces.get(), 2**31, self.waiter,
+                                  self.embedder)
 
     def close(self) -> None:
         super().close()
@@ -345,7 +346,8 @@ def annotate_task(files: list[MediaFile], folder: str | UriPath, tag: str, info:
     counts: dict[str, dict] = {}
     last = 0.0
     try:
-        results = _joined(pipeline, files[0], parts) if parts else pipeline.run(files)
+        results = (pipeline.with_persons(_joined(pipeline, files[0], parts)) if parts
+                   else pipeline.run(files))
         for r in results:
             writer.add(r)
             c = counts.setdefault(r.source, {"source": r.source, "media": r.media,

@@ -23,9 +23,11 @@ import pyarrow as pa
 import torch
 
 from ..models import DEFAULT_MODEL, ExpressionModel, create_model
-from . import track
+from . import persons, track
 from .decode import DecodeError, Frame, Sampling, frames
 from .detect import DetectOptions, Detector, Faces
+from .embed import load_embedding_model
+from .identity import DEFAULT_THRESHOLD
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .workers import Results, cpu_workers, release_memory
@@ -45,6 +47,10 @@ class AnnotateOptions:
     detect_every: int = 5
     track_gap: float = 1.0  # seconds of video time a track may go unseen (track.py)
     smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
+    #: --persons: face descriptors and person ids (cage_cli.annotation.persons); opt-in,
+    #: embeddings are biometric data
+    persons: bool = False
+    person_threshold: float = DEFAULT_THRESHOLD  # descriptor distance (identity.py)
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,8 @@ class Pipeline:
                                            run.precision)
         self.workers = cpu_workers(self.model.device, run.threads)
         self.detector = Detector(options.detect, self.model.device, self.workers)
+        self.embedder = (load_embedding_model(device=str(self.model.device))
+                         if options.persons else None)
         self.stop = threading.Event()
         self._failed: dict[str, str] = {}  # source -> why a frame of it failed detection
         self._tracking: tuple[str, track.TrackState] | None = None  # the current video's
@@ -188,6 +196,10 @@ class Pipeline:
         With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.annotation.cluster),
         videos give only their sampled frames at those positions, as :class:`Detections`
         (see :meth:`rows`) instead of rows."""
+        return self.with_persons(self._run(files, positions))
+
+    def _run(self, files: list[MediaFile],
+             positions: tuple[int, int | None] | None = None) -> Iterator[Result]:
         ro = self.run_options
         self.stop = threading.Event()
         self._segment = positions is not None
@@ -277,8 +289,9 @@ class Pipeline:
                   if o.smooth else None)
         j = 0
         for frame, det in zip(frames, faces, strict=True):
+            embeddings = preds["embedding"][j : j + len(det)] if "embedding" in preds else None
             _, det.track_ids = track.update(state, frame.timestamp, det.boxes, det.landmarks,
-                                            det.links)
+                                            det.links, embeddings)
             if values is not None and len(det):
                 values[j : j + len(det)] = track.smooth(state, frame.timestamp, det.track_ids,
                                                         values[j : j + len(det)], o.smooth)
@@ -291,7 +304,7 @@ class Pipeline:
     def _classify(self, job: _Job) -> Results:
         """Wait for a group's faces and start classifying them."""
         return submit_predictions(self.model, job.frames, job.faces.get(),
-                                  self.run_options.batch_size, self.workers)
+                                  self.run_options.batch_size, self.workers, self.embedder)
 
     def _results(self, job: _Job, preds: dict) -> Iterator[Result]:
         """Rows of a classified group, per file, in order."""
@@ -338,7 +351,36 @@ class Pipeline:
         if media == "video":
             run_preds = self._track(run_frames, run_faces, run_preds)
         rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
+        if self.embedder is not None and media == "image" and rows.num_rows:
+            rows = _batch(persons.assign(pa.Table.from_batches([rows]), media,
+                                         self.options.person_threshold))
         return Result(source, media, rows, frames=len(run_frames))
+
+    def with_persons(self, results: Iterable[Result]) -> Iterator[Result]:
+        """--persons: a video's rows are held until its last frame, when its tracks are linked
+        into persons (cage_cli.annotation.persons); its pieces before carry only their frame
+        counts (progress). Other results pass unchanged."""
+        held: dict[str, list[pa.RecordBatch]] = {}
+        for r in results:
+            if self.embedder is None or r.media != "video" or r.detections is not None:
+                yield r
+                continue
+            if r.rows is not None and r.rows.num_rows:
+                held.setdefault(r.source, []).append(r.rows)
+            if not r.done:
+                yield replace(r, rows=None)
+                continue
+            parts = held.pop(r.source, [])
+            if parts:
+                table = persons.assign(pa.Table.from_batches(parts), r.media,
+                                       self.options.person_threshold)
+                yield Result(r.source, r.media, _batch(table))
+            yield r
+
+
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    """A table with rows as one record batch."""
+    return table.combine_chunks().to_batches()[0]
 
 
 def annotate(inputs: Iterable[str], options: AnnotateOptions = AnnotateOptions(),

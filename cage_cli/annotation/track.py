@@ -25,6 +25,11 @@ import numpy as np
 MIN_IOU = 0.3
 #: weight of the landmark distance (in box heights) against IoU when ranking pairs
 LANDMARK_WEIGHT = 0.1
+#: --persons: a keyframe face whose descriptor is further than this (Euclidean,
+#: cage_cli.annotation.embed) from the track's last one is someone else, whatever the boxes
+#: say: face-api's and dlib's own "same person" limit, loose on purpose (turning heads stay in
+#: their track; docs/persons.md)
+APPEARANCE_GATE = 0.6
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Track:
     velocity: list[float]  # of x1, y1, x2, y2, pixels per second
     landmarks: list[float]  # 10 values (x, y per point), or NaN
     smoothed: list[float] | None = None  # --smooth: the running averages
+    embedding: np.ndarray | None = None  # --persons: the descriptor last seen on a keyframe
 
 
 @dataclass
@@ -50,10 +56,13 @@ class TrackState:
 
 
 def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np.ndarray,
-           links: np.ndarray | None = None) -> tuple[TrackState, np.ndarray]:
+           links: np.ndarray | None = None, embeddings: np.ndarray | None = None
+           ) -> tuple[TrackState, np.ndarray]:
     """Ids (K,) int32 for one frame's faces: ``boxes`` (K, 4), ``landmarks`` (K, 5, 2) and
     ``links``: None on a keyframe; between keyframes (K,), the index of the keyframe face
-    each face was followed from. ``state`` is updated in place."""
+    each face was followed from. ``embeddings`` (K, D; --persons, keyframes): a face is not
+    matched to a track whose last descriptor is further than APPEARANCE_GATE from its own.
+    ``state`` is updated in place."""
     state.tracks = [t for t in state.tracks if timestamp - t.time <= state.gap]
     live = {t.id: t for t in state.tracks}
     n = len(boxes)
@@ -69,7 +78,7 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
         for t in free:
             box = _predict(t, timestamp)
             overlap = float(box_iou(boxes[i], box)[0, 0])
-            if overlap >= MIN_IOU:
+            if overlap >= MIN_IOU and not _looks_different(embeddings, i, t):
                 pairs.append((overlap - LANDMARK_WEIGHT * _distance(landmarks[i], t, box),
                               int(i), t.id))
     taken: set[int] = set()
@@ -87,8 +96,11 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
         marks = [float(v) for v in np.asarray(landmarks[i], np.float64).reshape(-1)]
         t = live.get(tid)
         if t is None:
-            state.tracks.append(Track(tid, timestamp, box, [0.0] * 4, marks))
+            t = Track(tid, timestamp, box, [0.0] * 4, marks)
+            state.tracks.append(t)
+            _remember(embeddings, i, t)
             continue
+        _remember(embeddings, i, t)
         dt = timestamp - t.time
         if dt > 0:
             t.velocity = [(a - b) / dt for a, b in zip(box, t.box, strict=True)]
@@ -115,6 +127,17 @@ def smooth(state: TrackState, timestamp: float, ids: np.ndarray, values: np.ndar
             out[i] = np.where(np.isnan(old), out[i], mixed)
         t.smoothed = [timestamp, *out[i].tolist()]
     return out.astype(np.asarray(values).dtype)
+
+
+def _looks_different(embeddings: np.ndarray | None, i: int, t: Track) -> bool:
+    if embeddings is None or t.embedding is None or np.isnan(embeddings[i]).any():
+        return False
+    return float(np.linalg.norm(embeddings[i] - t.embedding)) > APPEARANCE_GATE
+
+
+def _remember(embeddings: np.ndarray | None, i: int, t: Track) -> None:
+    if embeddings is not None and not np.isnan(embeddings[i]).any():
+        t.embedding = np.asarray(embeddings[i], np.float64)
 
 
 def _predict(t: Track, timestamp: float) -> list[float]:
