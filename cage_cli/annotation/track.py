@@ -26,10 +26,10 @@ MIN_IOU = 0.3
 #: weight of the landmark distance (in box heights) against IoU when ranking pairs
 LANDMARK_WEIGHT = 0.1
 #: --persons: a keyframe face whose descriptor is further than this (Euclidean,
-#: cage_cli.annotation.embed) from the track's last one is someone else, whatever the boxes
-#: say: face-api's and dlib's own "same person" limit, loose on purpose (turning heads stay in
-#: their track; docs/persons.md)
-APPEARANCE_GATE = 0.6
+#: cage_cli.annotation.embed) from the mean of its track's is someone else, whatever the boxes
+#: say. Measured on ../shared/identity (docs/persons.md): a face is at most 0.38 from its own
+#: person's mean, two people's faces at least 0.54 apart.
+APPEARANCE_GATE = 0.5
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Track:
     velocity: list[float]  # of x1, y1, x2, y2, pixels per second
     landmarks: list[float]  # 10 values (x, y per point), or NaN
     smoothed: list[float] | None = None  # --smooth: the running averages
-    embedding: np.ndarray | None = None  # --persons: the descriptor last seen on a keyframe
+    embedding: np.ndarray | None = None  # --persons: mean descriptor of its keyframe faces
+    embedded: int = 0  # faces in that mean
 
 
 @dataclass
@@ -137,7 +138,9 @@ def _looks_different(embeddings: np.ndarray | None, i: int, t: Track) -> bool:
 
 def _remember(embeddings: np.ndarray | None, i: int, t: Track) -> None:
     if embeddings is not None and not np.isnan(embeddings[i]).any():
-        t.embedding = np.asarray(embeddings[i], np.float64)
+        e = np.asarray(embeddings[i], np.float64)
+        t.embedded += 1
+        t.embedding = e if t.embedding is None else t.embedding + (e - t.embedding) / t.embedded
 
 
 def _predict(t: Track, timestamp: float) -> list[float]:
