@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 #: Canonical expression classes, in AffectNet-8 order (the order CAGE uses).
 EXPRESSIONS: tuple[str, ...] = (
@@ -36,7 +36,8 @@ SCHEMA = pa.schema(
         pa.field("frame_height", pa.int32(), nullable=False),
         pa.field("face_index", pa.int32()),  # null on --keep-empty rows
         pa.field("track_id", pa.int32()),  # videos: one id per person; null for images
-        pa.field("face_source", pa.string()),  # detected | padded | whole_image
+        pa.field("shot", pa.int32()),  # videos: 0, then +1 at each cut; null for images
+        pa.field("face_source", pa.string()),  # detected | tracked | padded | whole_image
         pa.field("x1", f32),
         pa.field("y1", f32),
         pa.field("x2", f32),
