@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 from pathlib import Path
 
+import cut_video
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -15,7 +16,6 @@ from conftest import CLIP, INTERVIEW, MEDIA, cage, read
 from PIL import Image
 from test_runs import assert_same_rows
 
-import cut_video
 from cage_cli.annotation import shots
 from cage_cli.annotation.cluster import _joined
 from cage_cli.annotation.decode import Sampling, frames
