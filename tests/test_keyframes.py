@@ -6,11 +6,13 @@ rows of a whole run."""
 from __future__ import annotations
 
 import bisect
+import json
 from pathlib import Path
 
 import cut_video
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 from conftest import CLIP, INTERVIEW, MEDIA, cage, read
 from PIL import Image
@@ -21,6 +23,7 @@ from cage_cli.annotation.cluster import _joined
 from cage_cli.annotation.decode import Sampling, frames
 from cage_cli.annotation.inputs import MediaFile
 from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
+from cage_cli.annotation.read import read_annotations
 from cage_cli.annotation.track import box_iou
 from cage_cli.models import create_model
 from cage_cli.schema import SCHEMA
@@ -177,8 +180,17 @@ def test_no_cuts_option_and_schema(cuts, tmp_path: Path) -> None:
     t = read(out)
     assert set(t["shot"].to_pylist()) == {0}
     assert t.schema.metadata[b"cage.schema_version"] == b"3"
-    import json
     assert json.loads(t.schema.metadata[b"cage.run"])["options"]["cuts"] is False
+    # An output of version 2 (no shot column) still reads, also as CSV (it failed: "Column
+    # 'shot' in include_columns does not exist in CSV file"); a CSV of something else does not.
+    old = tmp_path / "v2.csv"
+    pacsv.write_csv(t.drop_columns(["shot"]), old)
+    assert read_annotations(old)["shot"].null_count == t.num_rows
+    r = cage("summary", old)
+    assert r.exit_code == 0, r.stderr
+    pacsv.write_csv(pa.table({"a": [1]}), tmp_path / "junk.csv")
+    r = cage("summary", tmp_path / "junk.csv")
+    assert r.exit_code != 0 and "not a cage annotation file (no column source)" in r.stderr
     out = tmp_path / "p.parquet"
     assert cage("annotate", MEDIA / "single_face.jpg", "-o", out, "-q").exit_code == 0
     assert read(out)["shot"].to_pylist() == [None]
