@@ -217,11 +217,20 @@ def annotate(
         rich_help_panel="Detection")] = 960,
     detect_every: Annotated[int, typer.Option(
         metavar="K",
-        help="Videos: full face detection on every K-th sampled frame (a keyframe); on the "
-             "frames between, each face found there is followed near where it moved (a "
-             "cheaper search, which also ends a face that is gone). New faces appear at the "
-             "next keyframe. 1: detect every frame in full.",
+        help="Videos: full face detection (a keyframe) at least every K frames of the video "
+             "(at its own frame rate: 0.2 s at 25 fps for K=5) and after every cut; on the "
+             "sampled frames between, each face is followed near where it moved (a cheaper "
+             "search, rows with face_source tracked). Trades speed for faces that enter "
+             "between keyframes: they appear at the next one. Sampling as sparse as K frames "
+             "(--fps 5 at 25 fps) detects every sampled frame in full. 1: every sampled "
+             "frame.",
         rich_help_panel="Tracking")] = 5,
+    cuts: Annotated[bool, typer.Option(
+        "--cuts/--no-cuts",
+        help="Videos: find cuts (shot changes) between sampled frames; a cut forces a "
+             "keyframe, ends every track and starts a new shot (column shot). "
+             "docs/schema.md.",
+        rich_help_panel="Tracking")] = True,
     track_gap: Annotated[float, typer.Option(
         metavar="SECONDS",
         help="Videos: a person unseen for longer than this (seconds of video time) gets a "
@@ -390,6 +399,7 @@ def annotate(
                              max_faces=max_faces, max_side=det_max_side or None),
         keep_empty=keep_empty,
         detect_every=detect_every,
+        cuts=cuts,
         track_gap=track_gap,
         smooth=smooth,
         persons=persons,

@@ -39,7 +39,8 @@ SCHEMA = pa.schema(
         pa.field("face_index", pa.int32()),  # null on --keep-empty rows
         pa.field("track_id", pa.int32()),  # videos: one id per person; null for images
         pa.field("person_id", pa.int32()),  # --persons: one id per person in the source
-        pa.field("face_source", pa.string()),  # detected | padded | whole_image
+        pa.field("shot", pa.int32()),  # videos: 0, then +1 at each cut; null for images
+        pa.field("face_source", pa.string()),  # detected | tracked | padded | whole_image
         pa.field("x1", f32),
         pa.field("y1", f32),
         pa.field("x2", f32),

@@ -133,8 +133,9 @@ def batches(files: list[MediaFile], per_task: int) -> list[list[MediaFile]]:
 
 def segments(count: int, size: int, every: int) -> list[tuple[int, int | None]]:
     """Sampled-frame positions (first, end) of the segments of a video of ``count`` sampled
-    frames: about ``size`` frames each, cut at chunk boundaries (multiples of ``every``,
-    --detect-every) so that no chunk is split; the last is open-ended."""
+    frames: about ``size`` frames each, at multiples of ``every`` (--detect-every); the
+    decoder moves each end on to the next keyframe block (decode.block_start), so that no
+    chunk is split; the last is open-ended."""
     n = math.ceil(count / size)
     step = math.ceil(count / n / every) * every
     cuts = list(range(0, count, step))

@@ -97,6 +97,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
     face_index = per_face(cat(lambda d: np.arange(len(d)), (0,)), np.float64)
     track_ids = per_face(cat(lambda d: np.full(len(d), np.nan) if d.track_ids is None
                              else d.track_ids, (0,)), np.float64)
+    shots = np.array([np.nan if d.shot is None else d.shot for d in faces], np.float64)
     boxes = per_face(cat(lambda d: d.boxes, (0, 4)))
     scores = per_face(cat(lambda d: d.scores, (0,)))
     landmarks = per_face(cat(lambda d: d.landmarks.reshape(-1, 10), (0, 10)))
@@ -116,6 +117,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
         "frame_height": _numbers(sizes[of_row, 0], pa.int32()),
         "face_index": _numbers(face_index, pa.int32()),
         "track_id": _numbers(track_ids, pa.int32()),
+        "shot": _numbers(shots[of_row], pa.int32()),
         "face_source": _strings(face_source.tolist()),
         **{name: _numbers(boxes[:, c], f32) for c, name in enumerate(("x1", "y1", "x2", "y2"))},
         "det_score": _numbers(scores, f32),

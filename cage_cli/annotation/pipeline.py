@@ -42,9 +42,12 @@ class AnnotateOptions:
     sampling: Sampling = field(default_factory=Sampling)
     detect: DetectOptions = field(default_factory=DetectOptions)
     keep_empty: bool = False
-    #: videos: full detection on every K-th sampled frame; faces are re-located on the frames
-    #: between (cage_cli.annotation.detect). 1: every frame detected in full.
+    #: videos: full detection at least every K frames of the video (at its own frame rate:
+    #: on the first sampled frame of each block of K), and after every cut; faces are
+    #: followed on the sampled frames between (cage_cli.annotation.detect). 1: every sampled
+    #: frame detected in full.
     detect_every: int = 5
+    cuts: bool = True  # videos: find cuts (shots.py); a cut forces a keyframe, ends tracks
     track_gap: float = 1.0  # seconds of video time a track may go unseen (track.py)
     smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
     #: --persons: face descriptors and person ids (cage_cli.annotation.persons); opt-in,
@@ -139,7 +142,7 @@ class _Budget:
             self._cv.notify_all()
 
 
-def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
+def _decode_all(files: list[MediaFile], options: AnnotateOptions, out: queue.Queue,
                 budget: _Budget, stop: threading.Event,
                 positions: tuple[int, int | None] | None = None) -> None:
     """Producer thread: decode every file into ``out``, then _STOP."""
@@ -149,7 +152,8 @@ def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
                 break
             n, error = 0, None
             try:
-                for frame in frames(file, sampling, positions):
+                for frame in frames(file, options.sampling, positions, options.cuts,
+                                    options.detect_every):
                     if stop.is_set():
                         error = "interrupted"
                         break
@@ -207,7 +211,7 @@ class Pipeline:
         budget = _Budget(ro.buffer_mb * 2**20)
         producer = threading.Thread(
             target=_decode_all,
-            args=(files, self.options.sampling, q, budget, self.stop, positions),
+            args=(files, self.options, q, budget, self.stop, positions),
             daemon=True,
         )
         producer.start()
@@ -263,23 +267,27 @@ class Pipeline:
         fr = [x for x in group if isinstance(x, Frame)]
         seed = None
         if fr and not self._keyframe(fr[0]) and previous is not None and previous.frames \
-                and self._chunk(previous.frames[-1]) == self._chunk(fr[0]):
+                and previous.frames[-1].source == fr[0].source \
+                and previous.frames[-1].index == fr[0].previous:
             seed = previous.faces.get()[-1]
         faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr],
                                      [self._keyframe(f) for f in fr], seed)
         return _Job(group, fr, faces, n_bytes)
 
     def _keyframe(self, frame: Frame) -> bool:
-        """Photos, and every ``detect_every``-th sampled frame of a video, get full detection."""
-        return frame.media == "image" or frame.position % self.options.detect_every == 0
-
-    def _chunk(self, frame: Frame) -> tuple[str, int]:
-        return frame.source, frame.position // self.options.detect_every
+        """Photos get full detection; so does a video's first sampled frame, the first of each
+        block of ``detect_every`` video frames (block k: frames k*K to k*K + K - 1, so at
+        most K frames of the video apart, whatever the sampling: sparse sampling makes every
+        sampled frame a keyframe), and the first frame after a cut."""
+        if frame.media == "image" or frame.previous is None or frame.cut:
+            return True
+        k = self.options.detect_every
+        return frame.index // k != frame.previous // k
 
     def _track(self, frames: list[Frame], faces: list[Faces],
                preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Give the faces of consecutive frames of one video their track ids (and, with
-        --smooth, smooth their predictions); the tracker runs here, in frame order."""
+        """Give the faces of consecutive frames of one video their track ids and shot (and,
+        with --smooth, smooth their predictions); the tracker runs here, in frame order."""
         o = self.options
         if self._tracking is None or self._tracking[0] != frames[0].source or \
                 frames[0].position == 0:
@@ -289,9 +297,12 @@ class Pipeline:
                   if o.smooth else None)
         j = 0
         for frame, det in zip(frames, faces, strict=True):
+            if frame.cut:
+                track.new_shot(state)
             embeddings = preds["embedding"][j : j + len(det)] if "embedding" in preds else None
             _, det.track_ids = track.update(state, frame.timestamp, det.boxes, det.landmarks,
                                             det.links, embeddings)
+            det.shot = state.shot
             if values is not None and len(det):
                 values[j : j + len(det)] = track.smooth(state, frame.timestamp, det.track_ids,
                                                         values[j : j + len(det)], o.smooth)

@@ -39,10 +39,16 @@ def read_annotations(path: str | Path | UriPath) -> pa.Table:
             rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
         elif p.suffix.lower() == ".csv":
+            # Columns of a later schema version are null in an older file's rows.
             opts = pacsv.ConvertOptions(column_types=CSV_SCHEMA, include_columns=SCHEMA.names,
+                                        include_missing_columns=True,
                                         strings_can_be_null=True)  # empty cell = null
             source = p.fs.open_input_stream(p.path) if isinstance(p, UriPath) else p
-            table = _from_csv(pacsv.read_csv(source, convert_options=opts))
+            table = pacsv.read_csv(source, convert_options=opts)
+            for f in SCHEMA:
+                if not f.nullable and table.column(f.name).null_count:
+                    raise OutputError(f"{p}: not a cage annotation file (no column {f.name})")
+            table = _from_csv(table)
         else:
             table = pq.read_table(**arrow_source(p), schema=SCHEMA)
     except OutputError:

@@ -8,7 +8,8 @@ ties, greedily, best pair first; a face that matches no track starts a new one. 
 each face carries a *link* to the keyframe face it was followed from, and takes that face's id. A
 track unseen for more than ``gap`` seconds of video time is dead: a face after that gets a new id.
 Faces are not matched by appearance (no face embedding), so a person who leaves for longer than the
-gap comes back under a new id.
+gap comes back under a new id. A cut (a shot change, cage_cli.annotation.shots) ends every track
+(``new_shot``): no id carries over onto the next shot.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.
@@ -54,6 +55,13 @@ class TrackState:
     next_id: int = 0
     tracks: list[Track] = field(default_factory=list)
     keyframe: list[int] = field(default_factory=list)  # ids of the last keyframe's faces
+    shot: int = 0  # cuts so far in this video
+
+
+def new_shot(state: TrackState) -> None:
+    """A cut: every track ends (the next faces get new ids) and the shot number goes up."""
+    state.tracks, state.keyframe = [], []
+    state.shot += 1
 
 
 def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np.ndarray,
