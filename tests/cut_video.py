@@ -28,12 +28,26 @@ def _source(path: Path, size: tuple[int, int], region: tuple[int, ...] | None) -
     return out
 
 
+def panned(photo: Path, size: tuple[int, int], n: int = 40) -> list[np.ndarray]:
+    """``n`` frames of a photo (scaled to the frame's height) drifting across a grey frame: a
+    still person who moves a little in the picture."""
+    im = Image.open(photo).convert("RGB")
+    im = im.resize((im.width * size[1] // im.height, size[1]), Image.Resampling.BILINEAR)
+    out = []
+    for i in range(n):
+        frame = Image.new("RGB", size, (128, 128, 128))
+        frame.paste(im, ((size[0] - im.width) * i // max(n - 1, 1), 0))
+        out.append(np.asarray(frame))
+    return out
+
+
 def build(path: Path, media: Path, shots: list[int], size: tuple[int, int] = (596, 336),
-          fps: int = 25) -> list[int]:
+          fps: int = 25, sources: list[list[np.ndarray]] | None = None) -> list[int]:
     """Write the video (H.264, ``fps``) of ``shots`` (frames per shot) to ``path``; returns the
-    index of each shot's first frame."""
-    sources = [_source(media / "short_clip.mp4", size, None),
-               _source(media / "interview.mp4", size, INTERVIEW_REGION)]
+    index of each shot's first frame. ``sources``: two lists of frames to alternate (default:
+    short_clip.mp4 and interview.mp4's face region)."""
+    sources = sources or [_source(media / "short_clip.mp4", size, None),
+                          _source(media / "interview.mp4", size, INTERVIEW_REGION)]
     at = [0, 0]
     starts, n = [], 0
     with av.open(str(path), "w") as c:

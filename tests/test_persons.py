@@ -174,3 +174,75 @@ def test_a_bad_embedding_model_file_is_one_line(tmp_path: Path, monkeypatch) -> 
     assert r.exit_code == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "broken.bin" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def two_people_cut(tmp_path_factory) -> tuple[Path, list[int]]:
+    """Hard cuts at irregular frames between two people: short_clip.mp4 (one face) and a
+    portrait seen through a drifting window."""
+    import cut_video
+    from cut_video import _source, panned
+
+    size = (596, 336)
+    path = tmp_path_factory.mktemp("cut2") / "two_people.mp4"
+    sources = [_source(CLIP, size, None), panned(MEDIA / "portrait_paul_rudd.jpg", size)]
+    return path, cut_video.build(path, MEDIA, [13, 8, 17, 11, 22, 9, 14], size, 25, sources)
+
+
+@pytest.mark.parametrize("fps", [None, 2.0])
+def test_cut_video_shots_of_each_person_share_one_person_id(two_people_cut, tmp_path: Path,
+                                                            fps: float | None) -> None:
+    path, starts = two_people_cut
+    out = tmp_path / "cut.parquet"
+    args = ["--fps", str(fps)] if fps else []
+    r = cage("annotate", path, "--persons", *args, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    t = read(out).to_pydict()
+    shot_of = [int(np.searchsorted(starts, f, side="right")) - 1 for f in t["frame_index"]]
+    if fps is None:
+        assert t["shot"] == shot_of  # every cut found, at the right frame
+    spans: dict[int, set[int]] = {}
+    for tid, shot in zip(t["track_id"], shot_of, strict=True):
+        spans.setdefault(tid, set()).add(shot)
+    assert all(len(s) == 1 for s in spans.values()), spans  # no track spans a cut
+    person_of_shot: dict[int, set[int]] = {}
+    for pid, shot in zip(t["person_id"], shot_of, strict=True):
+        person_of_shot.setdefault(shot, set()).add(pid)
+    assert len(person_of_shot) == 7  # a face in every shot (a sampled frame falls in each)
+    assert all(len(p) == 1 for p in person_of_shot.values()), person_of_shot
+    clip = {p for s, ps in person_of_shot.items() if s % 2 == 0 for p in ps}
+    portrait = {p for s, ps in person_of_shot.items() if s % 2 == 1 for p in ps}
+    assert clip == {0} and portrait == {1}  # two persons, numbered by first appearance
+
+
+def test_appearance_ends_a_track_that_boxes_would_carry_onto_someone_else(
+        same_and_different: Path) -> None:
+    """Two keyframes, the same box: without descriptors the tracker continues the track; with
+    the descriptors of two different people (real faces) it starts a new one, and with two of
+    one person it continues."""
+    from PIL import Image
+
+    from cage_cli.annotation import track
+    from cage_cli.annotation.detect import DetectOptions, Detector
+    from cage_cli.annotation.embed import embed_faces
+
+    import torch
+
+    detector = Detector(DetectOptions(), torch.device("cpu"), None)
+    faces = {}
+    for name in ("clip_0.jpg", "clip_100.jpg", "portrait_paul_rudd.jpg"):
+        image = np.asarray(Image.open(same_and_different / name).convert("RGB"))
+        d = detector.submit([image], [True], [True], None).get()[0]
+        faces[name] = embed_faces([image], d.landmarks[:1], boxes=d.boxes[:1])
+    box = np.array([[100, 100, 200, 220]], np.float32)
+    marks = np.full((1, 5, 2), np.nan, np.float32)
+
+    def second_id(first: str | None, then: str | None) -> int:
+        state = track.TrackState()
+        track.update(state, 0.0, box, marks, None, None if first is None else faces[first])
+        return int(track.update(state, 0.2, box, marks, None,
+                                None if then is None else faces[then])[1][0])
+
+    assert second_id(None, None) == 0
+    assert second_id("clip_0.jpg", "clip_100.jpg") == 0  # one person: the track goes on
+    assert second_id("clip_0.jpg", "portrait_paul_rudd.jpg") == 1  # someone else: new track
