@@ -220,13 +220,12 @@ def test_appearance_ends_a_track_that_boxes_would_carry_onto_someone_else(
     """Two keyframes, the same box: without descriptors the tracker continues the track; with
     the descriptors of two different people (real faces) it starts a new one, and with two of
     one person it continues."""
+    import torch
     from PIL import Image
 
     from cage_cli.annotation import track
     from cage_cli.annotation.detect import DetectOptions, Detector
     from cage_cli.annotation.embed import embed_faces
-
-    import torch
 
     detector = Detector(DetectOptions(), torch.device("cpu"), None)
     faces = {}
