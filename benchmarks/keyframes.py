@@ -14,6 +14,11 @@ length, 12 hard cuts, none at a multiple of 5 frames), and interview.mp4. For th
 also: the cuts found (the ``shot`` column against the true cuts between sampled frames) and the
 tracks that span a cut.
 
+**cuts**: the two measures of the cut test (cage_cli/annotation/shots.py) between consecutive
+sampled frames of the three videos at every frame and ``--fps 10`` to ``1``: their largest
+values within shots (continuous footage: false cuts above the thresholds) and smallest at the
+cut video's cuts.
+
 **speed**: whole processes, ``cage annotate VIDEO -o out.parquet --overwrite -q`` at full rate
 on interview.mp4 and short_clip.mp4, with the ``--before`` console script (main's code) and the
 ``--after`` one (this checkout's), alternating, ``--repeats`` times each; wall seconds and CPU
@@ -166,6 +171,47 @@ def share_part(results: dict, before: str | None) -> list[str]:
     return lines
 
 
+def cuts_part(results: dict) -> list[str]:
+    """The cut tests' two measures between consecutive sampled frames (shots.py), within
+    shots (continuous footage) and at cuts, per video and sampling rate."""
+    from cage_cli.annotation import shots
+    from cage_cli.annotation.decode import frames
+
+    lines = ["| video | sampling | pairs | within a shot: colour change max | grey change max "
+             "(frames <= 0.1 s apart) | grey change max (further) | cuts | at cuts: colour "
+             "change min | grey change min |", "|" + " --- |" * 9]
+    with tempfile.TemporaryDirectory() as tmp:
+        cuts = Path(tmp) / "cuts.mp4"
+        starts = cut_video.build(cuts, MEDIA, SHOTS, (640, 360))
+        videos = [("cut video", cuts), ("interview.mp4", MEDIA / "interview.mp4"),
+                  ("short_clip.mp4", MEDIA / "short_clip.mp4")]
+        for (name, path), fps in ((v, f) for v in videos for f in (None, 10.0, 5.0, 2.0, 1.0)):
+            got = list(frames(MediaFile(str(path), "video"), Sampling(fps=fps), cuts=False))
+            thumbs = [shots.thumbnail(f.image) for f in got]
+            same, near, far, at = [], [], [], []
+            for a, b, ta, tb in zip(got, got[1:], thumbs, thumbs[1:], strict=False):
+                colour, grey = shots.colour_change(ta, tb), shots.picture_change(ta, tb)
+                sa, sb = (bisect.bisect_right(starts, f.index) for f in (a, b))
+                if path == cuts and sa % 2 != sb % 2:
+                    at.append((colour, grey))
+                elif path != cuts or sa == sb:
+                    same.append(colour)
+                    (near if b.timestamp - a.timestamp <= shots.PICTURE_GAP + 1e-6
+                     else far).append(grey)
+            m = lambda v: f"{max(v):.3g}" if v else "-"  # noqa: E731
+            row = {"video": name, "fps": fps, "pairs": len(got) - 1, "colour_max": max(same),
+                   "grey_near_max": max(near, default=None), "grey_far_max": max(far, default=None),
+                   "cuts": len(at), "cut_colour_min": min((c for c, _ in at), default=None),
+                   "cut_grey_min": min((g for _, g in at), default=None)}
+            results["cut_tests"].append(row)
+            lines.append(f"| {name} | {'every frame' if fps is None else f'--fps {fps:g}'} | "
+                         f"{row['pairs']} | {max(same):.3f} | {m(near)} | {m(far)} | {len(at)} | "
+                         + (f"{row['cut_colour_min']:.3f} | {row['cut_grey_min']:.1f} |" if at
+                            else "- | - |"))
+            print(lines[-1], flush=True)
+    return lines
+
+
 def speed_part(results: dict, before: str, after: str, repeats: int) -> list[str]:
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +243,7 @@ def speed_part(results: dict, before: str, after: str, repeats: int) -> list[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("share", "speed", "both"), default="both")
+    ap.add_argument("--part", choices=("share", "cuts", "speed", "both"), default="both")
     ap.add_argument("--before", default="/work/main/.venv/bin/cage")
     ap.add_argument("--after", default=str(Path(sys.executable).parent / "cage"))
     ap.add_argument("--repeats", type=int, default=3)
@@ -205,11 +251,14 @@ def main() -> None:
                     help="share: also the --before console script (by its CLI)")
     args = ap.parse_args()
     results: dict = {"load": os.getloadavg(), "cpus": os.cpu_count(), "share": [], "speed": {},
+                     "cut_tests": [],
                      "before": args.before, "after": args.after,
                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = []
     if args.part in ("share", "both"):
         out += share_part(results, args.before if args.share_before else None) + [""]
+    if args.part in ("cuts", "both"):
+        out += cuts_part(results) + [""]
     if args.part in ("speed", "both"):
         out += speed_part(results, args.before, args.after, args.repeats)
     results["load_after"] = os.getloadavg()
