@@ -23,6 +23,7 @@ _EXPORTS = {
     "list_models": "models",
     "SCHEMA": "schema",
     "SCHEMA_VERSION": "schema",
+    "CSV_SCHEMA": "schema",
 }
 
 __all__ = sorted(_EXPORTS)
