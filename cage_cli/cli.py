@@ -766,7 +766,15 @@ def plot_cmd(
         show_default="the annotations' or --source's file name")] = None,
     tracks: Annotated[int, typer.Option(
         metavar="N", help="Videos with track ids: timelines of the N longest tracks, one line "
-        "per track (0 = the mean over each frame's faces instead).")] = 5,
+        "per track (with person ids: per person; 0 = the mean over each frame's faces "
+        "instead).")] = 5,
+    thumbnails: Annotated[bool, typer.Option(
+        help="A face thumbnail beside each track's or person's line and strip, cut from the "
+             "source.")] = True,
+    root: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="DIR", help="Folder that relative source paths are resolved against "
+        "(thumbnails).", show_default="the current folder, then the annotations' folder")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
@@ -799,9 +807,14 @@ def plot_cmd(
                       "use --source to pick one", markup=False, highlight=False)
         if tracks < 0:
             raise VizError("--tracks must be 0 or more")
+        roots = [Path(root)] if root else [Path.cwd()] + (
+            [] if is_uri(annotations) else [Path(annotations).resolve().parent])
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
                                  or Path(uri_path(annotations) if is_uri(annotations)
-                                         else annotations).name, tracks=tracks)
+                                         else annotations).name, tracks=tracks,
+                                 roots=roots, thumbnails=thumbnails,
+                                 log=lambda line: err.print(f"cage: note: {line}", markup=False,
+                                                            highlight=False, soft_wrap=True))
         plots.save_figure(fig, out)
         if chosen:
             err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -822,8 +835,8 @@ def summary_cmd(
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
     tracks: Annotated[int, typer.Option(
-        metavar="N", help="Videos with track ids: list the N longest tracks of each "
-        "(0 = none).")] = 10,
+        metavar="N", help="Videos with track ids: list the N longest tracks (and persons, "
+        "with person ids) of each (0 = none).")] = 10,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;

@@ -168,7 +168,7 @@ def frame_step(rows: pa.Table) -> float | None:
     t = sorted({x for x in rows.column("timestamp_s").to_pylist() if x is not None})
     if len(t) < 2:
         return None
-    steps = sorted(b - a for a, b in zip(t, t[1:]))
+    steps = sorted(b - a for a, b in zip(t[:-1], t[1:], strict=True))
     return steps[len(steps) // 2]
 
 
