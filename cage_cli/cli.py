@@ -967,6 +967,14 @@ def export_cmd(
         metavar="N", help="Videos: at most N faces per track (person), the largest and "
         "clearest ones that differ most in expression and time (docs/prelabel.md).",
         show_default="all", rich_help_panel="Selection")] = None,
+    per_person: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="N", help="At most N faces per person (annotate --persons), picked like "
+        "--per-track; with --persons per run-wide person, over all its sources.",
+        show_default="all", rich_help_panel="Selection")] = None,
+    persons: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="PERSONS", help="A `cage persons` table: adds a person column, and --split "
+        "splits by run-wide person (none in two splits; a source's persons may part).",
+        show_default="none", rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="K",
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
@@ -1011,7 +1019,8 @@ def export_cmd(
     cage export faces.parquet                    # into faces_dataset/
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
-    cage export faces.parquet -o people/ --per-track 3    # a few crops per person
+    cage export faces.parquet -o people/ --per-track 3    # a few crops per track
+    cage export faces.parquet --persons persons.parquet --split train=0.8,test=0.2
     cage export review/ --apply-review review.csv
     ```
     """
@@ -1038,7 +1047,8 @@ def export_cmd(
             manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
             min_confidence=min_confidence, max_confidence=max_confidence,
             classes=ex.parse_classes(classes) if classes is not None else None,
-            per_class=per_class, per_track=per_track, every_k_frames=every_k_frames,
+            per_class=per_class, per_track=per_track, per_person=per_person,
+            persons=persons, every_k_frames=every_k_frames,
             min_gap_s=min_gap_s,
             split=ex.parse_split(split) if split is not None else None, seed=seed,
             review_csv=review_csv, root=root, overwrite=overwrite)
