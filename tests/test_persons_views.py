@@ -288,8 +288,9 @@ def test_export_persons_keeps_every_person_in_one_split(run, tmp_path) -> None:
     for seed in range(4):
         ds = tmp_path / f"ds{seed}"
         r = cage("export", run["out"], "-o", ds, "--persons", run["persons"], "--split",
-                 "train=0.5,test=0.5", "--seed", seed, "-q")
+                 "train=0.5,test=0.5", "--seed", seed)
         assert r.exit_code == 0, r.stderr
+        assert "split by" in r.stderr and "person" in r.stderr
         _, manifest = read_manifest(ds)
         assert len(manifest) == n_faces  # nothing dropped
         split_of: dict[int, set[str]] = defaultdict(set)

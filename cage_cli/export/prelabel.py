@@ -915,6 +915,8 @@ def print_summary(console, s: ExportSummary) -> None:
     rows += [(f"  left out by {k}", v) for k, v in s.dropped.items()]
     rows += [("faces selected", s.selected), ("crops written", s.exported)]
     rows += [(f"  in {k}.csv", v) for k, v in s.splits.items()]
+    if s.split_by == "person":
+        rows.append(("  split by", "person (--persons)"))
     rows += [(f"  labelled {k}", v) for k, v in s.classes.items()]
     rows += [("sources ok", s.sources_ok), ("sources failed", len(s.errors)),
              ("wall time", f"{s.seconds:.1f} s"), ("output", s.output)]
