@@ -780,8 +780,9 @@ def plot_cmd(
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
     the expression distribution and, per video, valence and arousal over time: one line per
-    track (the --tracks longest) and each track's label, or for outputs without track ids
-    the mean over each frame's faces and the top class probabilities.
+    track (the --tracks longest; with person ids one per person) and each one's label, with
+    a face thumbnail, or for outputs without track ids the mean over each frame's faces and
+    the top class probabilities.
 
     Examples:
 
@@ -1020,7 +1021,7 @@ def export_cmd(
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
     cage export faces.parquet -o people/ --per-track 3    # a few crops per track
-    cage export faces.parquet --persons persons.parquet --split train=0.8,test=0.2
+    cage export faces.parquet --persons persons.csv --split train=0.8,test=0.2
     cage export review/ --apply-review review.csv
     ```
     """
