@@ -783,14 +783,23 @@ def plot_cmd(
         show_default="the annotations' or --source's file name")] = None,
     tracks: Annotated[int, typer.Option(
         metavar="N", help="Videos with track ids: timelines of the N longest tracks, one line "
-        "per track (0 = the mean over each frame's faces instead).")] = 5,
+        "per track (with person ids: per person; 0 = the mean over each frame's faces "
+        "instead).")] = 5,
+    thumbnails: Annotated[bool, typer.Option(
+        help="A face thumbnail beside each track's or person's line and strip, cut from the "
+             "source.")] = True,
+    root: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="DIR", help="Folder that relative source paths are resolved against "
+        "(thumbnails).", show_default="the current folder, then the annotations' folder")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing plot.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Plot the faces on the valence/arousal circumplex with the AffectNet class centroids,
     the expression distribution and, per video, valence and arousal over time: one line per
-    track (the --tracks longest) and each track's label, or for outputs without track ids
-    the mean over each frame's faces and the top class probabilities.
+    track (the --tracks longest; with person ids one per person) and each one's label, with
+    a face thumbnail, or for outputs without track ids the mean over each frame's faces and
+    the top class probabilities.
 
     Examples:
 
@@ -816,9 +825,14 @@ def plot_cmd(
                       "use --source to pick one", markup=False, highlight=False)
         if tracks < 0:
             raise VizError("--tracks must be 0 or more")
+        roots = [Path(root)] if root else [Path.cwd()] + (
+            [] if is_uri(annotations) else [Path(annotations).resolve().parent])
         fig = plots.build_figure(table, title=title or (source and Path(source).name)
                                  or Path(uri_path(annotations) if is_uri(annotations)
-                                         else annotations).name, tracks=tracks)
+                                         else annotations).name, tracks=tracks,
+                                 roots=roots, thumbnails=thumbnails,
+                                 log=lambda line: err.print(f"cage: note: {line}", markup=False,
+                                                            highlight=False, soft_wrap=True))
         plots.save_figure(fig, out)
         if chosen:
             err.print(f"cage: wrote {out}", markup=False, highlight=False, soft_wrap=True)
@@ -839,8 +853,8 @@ def summary_cmd(
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print JSON on stdout instead of tables (with every track).")] = False,
     tracks: Annotated[int, typer.Option(
-        metavar="N", help="Videos with track ids: list the N longest tracks of each "
-        "(0 = none).")] = 10,
+        metavar="N", help="Videos with track ids: list the N longest tracks (and persons, "
+        "with person ids) of each (0 = none).")] = 10,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Per source: frames with faces, faces, dominant expression, mean valence and arousal;
@@ -971,6 +985,14 @@ def export_cmd(
         metavar="N", help="Videos: at most N faces per track (person), the largest and "
         "clearest ones that differ most in expression and time (docs/prelabel.md).",
         show_default="all", rich_help_panel="Selection")] = None,
+    per_person: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        metavar="N", help="At most N faces per person (annotate --persons), picked like "
+        "--per-track; with --persons per run-wide person, over all its sources.",
+        show_default="all", rich_help_panel="Selection")] = None,
+    persons: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        metavar="PERSONS", help="A `cage persons` table: adds a person column, and --split "
+        "splits by run-wide person (none in two splits; a source's persons may part).",
+        show_default="none", rich_help_panel="Selection")] = None,
     every_k_frames: Annotated[Optional[int], typer.Option(  # noqa: UP045
         metavar="K",
         help="Videos: keep a frame only if it is K or more frames after the last kept one.",
@@ -1016,7 +1038,8 @@ def export_cmd(
     cage export faces.parquet                    # into faces_dataset/
     cage export faces.parquet -o dataset/ --split train=0.8,val=0.1,test=0.1
     cage export faces.parquet -o review/ --max-confidence 0.6 --review-csv review.csv
-    cage export faces.parquet -o people/ --per-track 3    # a few crops per person
+    cage export faces.parquet -o people/ --per-track 3    # a few crops per track
+    cage export faces.parquet --persons persons.csv --split train=0.8,test=0.2
     cage export review/ --apply-review review.csv
     ```
     """
@@ -1043,7 +1066,8 @@ def export_cmd(
             manifest_format=manifest_format, min_det_score=min_det_score, min_face=min_face,
             min_confidence=min_confidence, max_confidence=max_confidence,
             classes=ex.parse_classes(classes) if classes is not None else None,
-            per_class=per_class, per_track=per_track, every_k_frames=every_k_frames,
+            per_class=per_class, per_track=per_track, per_person=per_person,
+            persons=persons, every_k_frames=every_k_frames,
             min_gap_s=min_gap_s,
             split=ex.parse_split(split) if split is not None else None, seed=seed,
             review_csv=review_csv, root=root, overwrite=overwrite)

@@ -10,6 +10,7 @@ Layout of DATASET_DIR (docs/prelabel.md)::
                                         valence, arousal
     manifest.csv | manifest.parquet     every crop: source, frame, face, box, crop region,
                                         split, machine label and probabilities, review state
+                                        (and person_id / person where known)
     export.json                         options, counts, sources that failed, reviews applied
 
 The labels CSVs are always rebuilt from the manifest, so ``apply_review`` (review.py) only
@@ -66,8 +67,12 @@ REVIEW_COLUMNS: tuple[str, ...] = (
     "image", "crop", "split", "source", "frame_index", "timestamp_s", "face_index", "track_id",
     "machine_label", "confidence", "runner_up", "runner_up_p", "reviewed_label",
 )
+#: Manifest columns written only where some row has a value: ``person_id`` (the annotations'
+#: person within a source, ``--persons``) and ``person`` (run-wide, `cage export --persons`).
+PERSON_COLUMNS: tuple[str, ...] = ("person_id", "person")
 _INT_COLS = {"annotation_row", "frame_index", "frame_width", "frame_height", "face_index",
-             "track_id", "crop_x1", "crop_y1", "crop_x2", "crop_y2", "expression"}
+             "track_id", "person_id", "person", "crop_x1", "crop_y1", "crop_x2", "crop_y2",
+             "expression"}
 _FLOAT_COLS = {"timestamp_s", "x1", "y1", "x2", "y2", "det_score", "confidence", "valence",
                "arousal", *PROB_COLUMNS}
 
@@ -96,6 +101,8 @@ class ExportOptions:
     classes: tuple[str, ...] | None = None
     per_class: int | None = None
     per_track: int | None = None
+    per_person: int | None = None
+    persons: str | None = None  # a `cage persons` table: run-wide persons, splits by person
     every_k_frames: int | None = None
     min_gap_s: float | None = None
     split: dict[str, float] | None = None  # name -> fraction, in order
@@ -119,6 +126,7 @@ class ExportSummary:
     empty_splits: list[str] = field(default_factory=list)
     review_csv: str | None = None
     seconds: float = 0.0
+    split_by: str = "source"  # or "person" (--persons)
 
     @property
     def exit_code(self) -> int:
@@ -201,6 +209,8 @@ def check_options(o: ExportOptions) -> None:
         raise ExportError("--per-class must be at least 1")
     if o.per_track is not None and o.per_track < 1:
         raise ExportError("--per-track must be at least 1")
+    if o.per_person is not None and o.per_person < 1:
+        raise ExportError("--per-person must be at least 1")
     if o.every_k_frames is not None and o.every_k_frames < 1:
         raise ExportError("--every-k-frames must be at least 1")
     if o.min_gap_s is not None and o.min_gap_s < 0:
@@ -252,6 +262,11 @@ def select(rows: list[dict], o: ExportOptions) -> tuple[list[dict], dict[str, in
         rows = per_track(rows, o.per_track)
         if len(rows) < n:
             dropped["--per-track"] += n - len(rows)
+    if o.per_person is not None:
+        n = len(rows)
+        rows = per_person(rows, o.per_person, run_wide=o.persons is not None)
+        if len(rows) < n:
+            dropped["--per-person"] += n - len(rows)
     if o.per_class is not None:
         n = len(rows)
         rows = per_class(rows, o.per_class, o.seed)
@@ -314,9 +329,34 @@ def per_track(rows: list[dict], n: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
+def per_person(rows: list[dict], n: int, run_wide: bool = False) -> list[dict]:
+    """At most ``n`` rows per person, picked as :func:`per_track` picks them; input order
+    kept. A person is (source, ``person_id``), or with ``run_wide`` the run-wide ``person``
+    (from `cage export --persons`), whose faces may come from several sources: faces of
+    other sources count as far apart in time. Photos without ``run_wide``: each face is a
+    person of its own (``person_id`` = ``face_index``), so all pass. Raises
+    :class:`ExportError` for rows without a person id."""
+    persons: dict[object, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = r.get("person") if run_wide else (
+            None if r.get("person_id") is None else (r["source"], r["person_id"]))
+        if key is None:
+            raise ExportError(f"--per-person: {r['source']} has no person ids (annotated "
+                              "without --persons); annotate it again with --persons, or use "
+                              "--per-track")
+        persons.setdefault(key, []).append(i)
+    keep: set[int] = set()
+    for idx in persons.values():
+        idx.sort(key=lambda i: (rows[i]["source"], rows[i]["frame_index"]))
+        keep.update(idx[j] for j in pick_diverse([rows[i] for i in idx], n))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def pick_diverse(track: list[dict], n: int) -> list[int]:
     """Indices into ``track`` (one track's rows, in time order) of the :func:`per_track`
-    picks, in the order they were picked."""
+    picks, in the order they were picked. Rows of several sources (a run-wide person,
+    :func:`per_person`): time apart is measured within a source, over that source's span, and
+    rows of two sources are as far apart as can be (1)."""
     if len(track) <= n:
         return list(range(len(track)))
     probs = np.array([[r[c] or 0.0 for c in PROB_COLUMNS] for r in track])
@@ -324,11 +364,15 @@ def pick_diverse(track: list[dict], n: int) -> list[int]:
     side = np.array([min(r["x2"] - r["x1"], r["y2"] - r["y1"]) for r in track])
     score = np.array([1.0 if r["det_score"] is None else r["det_score"] for r in track])
     quality = score * side / max(side.max(), 1e-9)
-    span = t.max() - t.min()
+    _, src = np.unique([r["source"] for r in track], return_inverse=True)
+    span = np.zeros(len(t))
+    for k in np.unique(src):
+        span[src == k] = t[src == k].max() - t[src == k].min()
 
     def distance(j: int) -> np.ndarray:
         tv = 0.5 * np.abs(probs - probs[j]).sum(axis=1)
-        apart = np.abs(t - t[j]) / span if span > 0 else np.zeros(len(t))
+        within = np.abs(t - t[j]) / span[j] if span[j] > 0 else np.zeros(len(t))
+        apart = np.where(src == src[j], within, 1.0)
         return (tv + apart) / 2
 
     picked = [int(np.argmax(quality))]
@@ -355,14 +399,20 @@ def per_class(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [r for i, r in enumerate(rows) if i in keep]
 
 
-def assign_splits(rows: list[dict], split: dict[str, float] | None, seed: int) -> None:
+def assign_splits(rows: list[dict], split: dict[str, float] | None, seed: int,
+                  by_person: bool = False) -> None:
     """Set ``row["split"]``: whole sources go to one split (frames of a video never land in two),
-    in a seeded random order, each to the split furthest below its share of the faces."""
+    in a seeded random order, each to the split furthest below its share of the faces.
+
+    ``by_person``: whole run-wide persons (``row["person"]``, from `cage export --persons`)
+    instead, so no person is in two splits; a source with several persons is divided between
+    splits by person (each face goes with its person, none is dropped)."""
     if not split:
         for r in rows:
             r["split"] = NO_SPLIT
         return
-    sizes = Counter(r["source"] for r in rows)
+    unit = (lambda r: r["person"]) if by_person else (lambda r: r["source"])
+    sizes = Counter(unit(r) for r in rows)
     sources = sorted(sizes)
     random.Random(seed).shuffle(sources)
     total = sum(sizes.values())
@@ -373,7 +423,49 @@ def assign_splits(rows: list[dict], split: dict[str, float] | None, seed: int) -
         where[s] = best
         count[best] += sizes[s]
     for r in rows:
-        r["split"] = where[r["source"]]
+        r["split"] = where[unit(r)]
+
+
+def read_persons(path: str | Path) -> dict[tuple[str, int, int], int]:
+    """A `cage persons` table (.parquet or .csv): (source, frame_index, face_index) ->
+    run-wide person. Raises :class:`ExportError` with one line."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"--persons {path}: no such file")
+    try:
+        t = pacsv.read_csv(p) if p.suffix.lower() == ".csv" else pq.read_table(p)
+    except (OSError, pa.ArrowException) as e:
+        raise ExportError(f"--persons {path}: cannot read it ({str(e).splitlines()[0]})") \
+            from None
+    need = ("source", "frame_index", "face_index", "person")
+    missing = [c for c in need if c not in t.column_names]
+    if missing:
+        raise ExportError(f"--persons {path}: not a `cage persons` table (no "
+                          f"{', '.join(missing)} column)")
+    cols = [t.column(c).to_pylist() for c in need]
+    return {(s, int(f), int(i)): int(q) for s, f, i, q in zip(*cols, strict=True)
+            if None not in (s, f, i, q)}
+
+
+def add_persons(rows: list[dict], path: str | Path, annotations: str) -> None:
+    """``row["person"]`` from the `cage persons` table at ``path`` for every face row; raises
+    :class:`ExportError` when a face is not in it (a table of other annotations)."""
+    persons = read_persons(path)
+    missing = []
+    for r in rows:
+        if r["face_index"] is None:
+            continue
+        r["person"] = persons.get((r["source"], r["frame_index"], r["face_index"]))
+        if r["person"] is None:
+            missing.append(r)
+    if missing:
+        raise ExportError(f"--persons {path}: {len(missing)} faces of {annotations} are not in "
+                          f"it (e.g. {missing[0]['source']} frame {missing[0]['frame_index']}); "
+                          "run `cage persons` on these annotations")
 
 
 # --------------------------------------------------------------------------- cropping
@@ -516,7 +608,13 @@ def _write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict]) -> None
     os.replace(tmp, path)
 
 
-def _manifest_schema():
+def manifest_columns(rows: list[dict]) -> list[str]:
+    """MANIFEST_COLUMNS, then those of PERSON_COLUMNS that some row has a value in."""
+    return [*MANIFEST_COLUMNS, *(c for c in PERSON_COLUMNS
+                                 if any(r.get(c) is not None for r in rows))]
+
+
+def _manifest_schema(columns: Iterable[str] = MANIFEST_COLUMNS):
     import pyarrow as pa
 
     def typ(c: str):
@@ -530,21 +628,22 @@ def _manifest_schema():
             return pa.bool_()
         return pa.string()
 
-    return pa.schema([pa.field(c, typ(c)) for c in MANIFEST_COLUMNS])
+    return pa.schema([pa.field(c, typ(c)) for c in columns])
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
+    columns = manifest_columns(rows)
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([{c: r.get(c) for c in MANIFEST_COLUMNS} for r in rows],
-                                     schema=_manifest_schema())
+        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows],
+                                     schema=_manifest_schema(columns))
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
     else:
-        _write_csv(path, MANIFEST_COLUMNS, rows)
+        _write_csv(path, columns, rows)
 
 
 def read_manifest(dataset: str | Path) -> tuple[Path, list[dict]]:
@@ -649,10 +748,12 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
     local = isinstance(ann_path, Path)
     roots = [Path(o.root).resolve()] if o.root else \
         [Path.cwd()] + ([ann_path.resolve().parent] if local else [])
-    rows = table.to_pylist()
+    rows = table.drop_columns(["embedding"]).to_pylist()  # descriptors are never exported
     for i, r in enumerate(rows):
         r["annotation_row"] = i
         r["_conf"] = confidence(r)
+    if o.persons is not None:
+        add_persons(rows, o.persons, str(ann_path))
     resolved = {s: _resolve(s, roots) for s in {r["source"] for r in rows}}
     review = Path(os.path.abspath(o.review_csv)) if o.review_csv else None
     _check_outputs(out, Path(os.path.abspath(ann_path)) if local else None, review,
@@ -719,7 +820,8 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
             done.extend(written)
             summary.sources_ok += 1
 
-        assign_splits(done, o.split, o.seed)
+        assign_splits(done, o.split, o.seed, by_person=o.persons is not None)
+        summary.split_by = "person" if o.persons is not None else "source"
         for r in done:
             r["machine_label"] = r["label"]
             r["confidence"] = r.pop("_conf")
@@ -813,6 +915,8 @@ def print_summary(console, s: ExportSummary) -> None:
     rows += [(f"  left out by {k}", v) for k, v in s.dropped.items()]
     rows += [("faces selected", s.selected), ("crops written", s.exported)]
     rows += [(f"  in {k}.csv", v) for k, v in s.splits.items()]
+    if s.split_by == "person":
+        rows.append(("  split by", "person (--persons)"))
     rows += [(f"  labelled {k}", v) for k, v in s.classes.items()]
     rows += [("sources ok", s.sources_ok), ("sources failed", len(s.errors)),
              ("wall time", f"{s.seconds:.1f} s"), ("output", s.output)]
@@ -828,6 +932,10 @@ def empty_split_warning(s: ExportSummary) -> str | None:
     if not s.empty_splits:
         return None
     files = ", ".join(f"{k}.csv" for k in s.empty_splits)
+    if s.split_by == "person":
+        return (f"cage: warning: {files} got no faces: the {s.exported} faces are of too few "
+                "persons, and each person goes whole into one split; export more persons, "
+                "try another --seed, or use fewer splits")
     return (f"cage: warning: {files} got no faces: the {s.exported} faces come from "
             f"{s.sources_ok} sources, and each source goes whole into one split; export more "
             "sources, try another --seed, or use fewer splits")

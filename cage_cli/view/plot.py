@@ -9,7 +9,10 @@ Panels (:func:`build_figure` returns the Figure, :func:`save_figure` writes PNG/
 * for each video source whose rows carry track ids: per-track timelines of the ``tracks``
   longest tracks (one line per track, in the track's `cage render` colour): valence, arousal,
   and a strip per track coloured by its label over time. A line breaks where its track
-  misses more than one sampled frame;
+  misses more than one sampled frame. Rows with person ids (``cage annotate --persons``)
+  get one line and strip per person instead (all of the person's tracks, ``P<id>``). Each
+  strip starts with a thumbnail of the track's or person's best face (largest, most
+  frontal: :func:`pick_thumbnails`), cut from the source when it is found;
 * for each video source without track ids (outputs of a cage without tracking): a timeline
   of valence and arousal, and one of the top three class probabilities, over
   ``timestamp_s``. A frame with several faces shows their mean (the shaded band is the range
@@ -19,6 +22,7 @@ Panels (:func:`build_figure` returns the Figure, :func:`save_figure` writes PNG/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,9 +33,11 @@ import pyarrow.compute as pc
 from ..schema import EXPRESSIONS
 from .summary import (
     VizError,
+    has_person_ids,
     has_track_ids,
     longest_tracks,
     match_source,
+    person_stats,
     sources_of,
     track_stats,
 )
@@ -45,6 +51,9 @@ MAX_TIMELINES = 6
 TOP_K = 3
 #: Per-track timelines: the longest this many tracks of each video (``cage plot --tracks``).
 DEFAULT_TRACKS = 5
+#: Thumbnails: cut at this many pixels, drawn this many points high.
+THUMB_PX = 96
+THUMB_PT = 30.0
 #: Label offsets (points) and alignment for the centroids that sit close together.
 _CENTROID_LABEL = {"contempt": (-6, 4, "right"), "anger": (6, -9, "left"),
                    "disgust": (-6, -10, "right")}
@@ -89,33 +98,58 @@ def video_sources(table: pa.Table) -> list[str]:
     return sources_of(table.filter(pc.equal(media, "video")))
 
 
+def _lanes_of(rows: pa.Table) -> tuple[str, list[dict]] | None:
+    """How one video's timelines are drawn: ("person_id", :func:`person_stats`) when its rows
+    carry person ids, ("track_id", :func:`track_stats`) when they carry track ids, else
+    None."""
+    if has_person_ids(rows):
+        return "person_id", person_stats(rows)
+    if has_track_ids(rows):
+        return "track_id", track_stats(rows)
+    return None
+
+
 def build_figure(table: pa.Table, title: str | None = None,
-                 max_timelines: int = MAX_TIMELINES, tracks: int = DEFAULT_TRACKS) -> Figure:
+                 max_timelines: int = MAX_TIMELINES, tracks: int = DEFAULT_TRACKS,
+                 roots: list[Path] | None = None, thumbnails: bool = True,
+                 log: Callable[[str], None] | None = None) -> Figure:
     """The figure: circumplex and distribution on top, then per video source either the
-    per-track timelines of its ``tracks`` longest tracks (rows with track ids: a valence and
-    an arousal panel, and a label strip below them) or two panels that average the faces of
-    each frame (rows without track ids)."""
+    timelines of its ``tracks`` longest persons (rows with person ids) or tracks (rows with
+    track ids): a valence and an arousal panel, and a label strip below them, each strip
+    with a face thumbnail; or two panels that average the faces of each frame (rows without
+    track ids). Thumbnails are cut from each source, found as recorded or relative to one
+    of ``roots`` (default: the current folder); ``log`` hears about sources not found."""
     from matplotlib.figure import Figure
 
     faces = _faces(table)
     videos = video_sources(table)[:max_timelines]
     per_video = [faces.filter(pc.equal(faces.column("source"), s)) for s in videos]
-    stats = [track_stats(rows) if tracks > 0 and has_track_ids(rows) else None
-             for rows in per_video]
+    lanes = [_lanes_of(rows) if tracks > 0 else None for rows in per_video]
+    thumbs: list[dict[int, np.ndarray]] = []
+    for s, rows, ln in zip(videos, per_video, lanes, strict=True):
+        if ln is None or not thumbnails:
+            thumbs.append({})
+            continue
+        key, st = ln
+        shown = [k[key] for k in longest_tracks(st, tracks, key)]
+        picks = pick_thumbnails(rows, key)
+        thumbs.append(cut_thumbnails(s, "video", {i: picks[i] for i in shown},
+                                     roots or [Path.cwd()], log))
     heights = [5.2]
-    for st in stats:
+    for ln, th in zip(lanes, thumbs, strict=True):
         heights.append(3.2)
-        if st is not None:
-            heights.append(0.9 + 0.32 * min(tracks, len(st)))
+        if ln is not None:
+            heights.append(0.9 + (0.5 if th else 0.32) * min(tracks, len(ln[1])))
     fig = Figure(figsize=(12, sum(heights)), layout="constrained")
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
     _circumplex(fig.add_subplot(grid[0, 0]), faces)
     _distribution(fig.add_subplot(grid[0, 1]), faces, _present_classes(faces))
     row = 1
-    for s, rows, st in zip(videos, per_video, stats, strict=True):
-        if st is not None:
+    for s, rows, ln, th in zip(videos, per_video, lanes, thumbs, strict=True):
+        if ln is not None:
             _track_timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]),
-                             fig.add_subplot(grid[row + 1, :]), rows, s, st, tracks)
+                             fig.add_subplot(grid[row + 1, :]), rows, s, ln[1], tracks,
+                             ln[0], th)
             row += 2
         else:
             _timelines(fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1]), rows, s)
@@ -250,10 +284,12 @@ def _step(times: np.ndarray) -> float:
     return float(np.median(np.diff(t))) if len(t) > 1 else 1.0
 
 
-def _track_series(rows: pa.Table, track_id: int, step: float) -> dict[str, np.ndarray]:
+def _track_series(rows: pa.Table, track_id: int, step: float, key: str = "track_id"
+                  ) -> dict[str, np.ndarray]:
     """Time-sorted ``t``, ``valence``, ``arousal`` (NaN-separated where the track misses more
-    than one sampled frame, so the line breaks there) and ``label`` of one track."""
-    one = rows.filter(pc.equal(rows.column("track_id"), track_id))
+    than one sampled frame, so the line breaks there) and ``label`` of one track (or person,
+    ``key="person_id"``)."""
+    one = rows.filter(pc.equal(rows.column(key), track_id))
     t = np.asarray(one.column("timestamp_s").to_pylist(), dtype=float)
     order = np.argsort(t, kind="stable")
     t = t[order]
@@ -277,23 +313,32 @@ def _label_runs(t: np.ndarray, labels: np.ndarray, step: float) -> list[tuple[st
     return runs
 
 
+def _lane_name(key: str, i: int) -> str:
+    return f"P{i}" if key == "person_id" else f"#{i}"
+
+
 def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[dict],
-                     n: int) -> None:
+                     n: int, key: str = "track_id",
+                     thumbs: dict[int, np.ndarray] | None = None) -> None:
     """Valence and arousal (one line per track) and a label strip per track, for the ``n``
-    longest of the tracks in ``stats`` (:func:`track_stats` of ``rows``)."""
+    longest of the tracks in ``stats`` (:func:`track_stats` of ``rows``); or per person with
+    ``key="person_id"`` (:func:`person_stats`). ``thumbs``: a face per id, drawn at the
+    start of its strip."""
     name = Path(source).name
-    shown = longest_tracks(stats, n)
+    what = "person" if key == "person_id" else "track"
+    shown = longest_tracks(stats, n, key)
     step = _step(np.asarray(rows.column("timestamp_s").to_pylist(), dtype=float))
-    which = f"{len(shown)} longest of {len(stats)} tracks" if len(shown) < len(stats) \
-        else f"{len(stats)} track{'s' if len(stats) != 1 else ''}"
+    which = f"{len(shown)} longest of {len(stats)} {what}s" if len(shown) < len(stats) \
+        else f"{len(stats)} {what}{'s' if len(stats) != 1 else ''}"
     seen: set[str] = set()
     marker = "." if max((k["frames"] for k in shown), default=0) <= 80 else None
     for lane, k in enumerate(shown):
-        tid = k["track_id"]
-        series = _track_series(rows, tid, step)
+        tid = k[key]
+        series = _track_series(rows, tid, step, key)
+        extra = f", {k['tracks']} tracks" if key == "person_id" and k["tracks"] > 1 else ""
         for ax, col in ((ax_v, "valence"), (ax_a, "arousal")):
             ax.plot(series["t"], series[col], color=_track_color(tid), marker=marker, lw=1.3,
-                    ms=4, label=f"#{tid} ({k['frames']} fr.)")
+                    ms=4, label=f"{_lane_name(key, tid)} ({k['frames']} fr.{extra})")
         by_label: dict[str, list[tuple[float, float]]] = {}
         for label, start, width in _label_runs(series["t_raw"], series["label"], step):
             by_label.setdefault(label, []).append((start, width))
@@ -306,21 +351,134 @@ def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[
         ax.set_ylim(-1.05, 1.05)
         ax.set_xlabel("time (s)")
         ax.set_ylabel(col)
-        ax.set_title(f"{name}: {col} per track ({which})")
-        ax.legend(loc="best", fontsize=7, title="track", title_fontsize=7)
-    ax_l.set_yticks(range(len(shown)), [f"#{k['track_id']}" for k in shown])
+        ax.set_title(f"{name}: {col} per {what} ({which})")
+        _legend(ax, what, thumbs or {}, [k[key] for k in shown])
+    ax_l.set_yticks(range(len(shown)), [_lane_name(key, k[key]) for k in shown])
     for tick, k in zip(ax_l.get_yticklabels(), shown, strict=True):
-        tick.set_color(_track_color(k["track_id"]))
+        tick.set_color(_track_color(k[key]))
+        tick.set_fontweight("bold")
     ax_l.set_ylim(len(shown) - 0.5, -0.5)
     ax_l.set_xlim(ax_v.get_xlim())
     ax_l.set_xlabel("time (s)")
-    ax_l.set_title(f"{name}: label per track")
+    ax_l.set_title(f"{name}: label per {what}")
+    if thumbs:
+        _draw_thumbnails(ax_l, [(lane, k[key], thumbs.get(k[key]))
+                                for lane, k in enumerate(shown)])
     order = {e: i for i, e in enumerate(EXPRESSIONS)}
     handles, labels = ax_l.get_legend_handles_labels()
     pairs = sorted(zip(labels, handles, strict=True), key=lambda p: order.get(p[0], 99))
     if pairs:
         ax_l.legend([h for _, h in pairs], [lb for lb, _ in pairs], loc="upper left",
                     bbox_to_anchor=(1.0, 1.0), fontsize=7, title="label", title_fontsize=7)
+
+
+def pick_thumbnails(rows: pa.Table, key: str) -> dict[int, dict]:
+    """Per id in column ``key`` (``track_id`` or ``person_id``): the row of its best face for
+    a thumbnail: highest landmark quality (size and frontality,
+    cage_cli.annotation.embed.face_quality) times detector score, then the larger box, then
+    the earlier frame."""
+    from ..annotation.embed import face_quality
+    from ..schema import LANDMARK_COLUMNS
+
+    faces = _faces(rows).filter(pc.is_valid(_faces(rows).column(key)))
+    faces = faces.filter(pc.is_valid(faces.column("x1")))
+    if not faces.num_rows:
+        return {}
+    marks = np.column_stack([np.asarray(faces.column(c).to_pylist(), dtype=float)
+                             for c in LANDMARK_COLUMNS]).reshape(-1, 5, 2)
+    score = np.asarray(faces.column("det_score").fill_null(1.0).to_pylist(), dtype=float)
+    quality = face_quality(marks) * score
+    cols = faces.select([key, "frame_index", "face_index", "x1", "y1", "x2", "y2"]).to_pylist()
+    best: dict[int, tuple[tuple, dict]] = {}
+    for r, q, sc in zip(cols, quality.tolist(), score.tolist(), strict=True):
+        side = min(r["x2"] - r["x1"], r["y2"] - r["y1"]) * sc
+        rank = (q, side, -r["frame_index"])
+        if r[key] not in best or rank > best[r[key]][0]:
+            best[r[key]] = (rank, r)
+    return {i: r for i, (_, r) in best.items()}
+
+
+def cut_thumbnails(source: str, media: str, picks: dict[int, dict], roots: list[Path],
+                   log: Callable[[str], None] | None = None) -> dict[int, np.ndarray]:
+    """THUMB_PX square crops (margin 0.15) of the picked rows, cut from ``source`` (as
+    recorded, or relative to one of ``roots``); {} with a note to ``log`` when the source is
+    not found or cannot be read."""
+    from ..annotation.decode import DecodeError, load_image, video_frames_at
+    from ..export.prelabel import crop_region, crop_square
+
+    if not picks:
+        return {}
+    path = Path(source)
+    if not path.is_absolute():
+        path = next((r / path for r in roots if (r / path).is_file()), path)
+    if not path.is_file():
+        if log:
+            log(f"no thumbnails for {source}: not found (give --root, the folder relative "
+                "sources are in)")
+        return {}
+    by_frame: dict[int, list[int]] = {}
+    for i, r in picks.items():
+        by_frame.setdefault(r["frame_index"], []).append(i)
+    out: dict[int, np.ndarray] = {}
+    try:
+        frames = [(0, load_image(str(path)))] if media == "image" else \
+            ((f.index, f.image) for f in video_frames_at(str(path), sorted(by_frame)))
+        for index, image in frames:
+            for i in by_frame.get(index, []):
+                r = picks[i]
+                region = crop_region((r["x1"], r["y1"], r["x2"], r["y2"]), 0.15)
+                out[i] = crop_square(image, region, THUMB_PX)
+    except (DecodeError, OSError) as e:
+        if log:
+            log(f"no thumbnails for {source}: {e}")
+        return {}
+    return out
+
+
+def _legend(ax, what: str, thumbs: dict[int, np.ndarray], ids: list[int]) -> None:
+    """The lines' legend; with thumbnails, each entry's line sample is followed by its face."""
+    if not thumbs:
+        ax.legend(loc="best", fontsize=7, title=what, title_fontsize=7)
+        return
+    from matplotlib.legend_handler import HandlerLine2D
+
+    class WithFace(HandlerLine2D):
+        def __init__(self, image: np.ndarray):
+            super().__init__()
+            self.image = image
+
+        def create_artists(self, legend, orig_handle, xdescent, ydescent, width, height,
+                           fontsize, trans):
+            from matplotlib.image import BboxImage
+            from matplotlib.transforms import Bbox, TransformedBbox
+
+            line_w = width - height - 2
+            artists = super().create_artists(legend, orig_handle, xdescent, ydescent, line_w,
+                                             height, fontsize, trans)
+            box = Bbox.from_bounds(line_w + 2 - xdescent, -ydescent, height, height)
+            return [*artists, BboxImage(TransformedBbox(box, trans), data=self.image)]
+
+    lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    handler = {ln: WithFace(thumbs[i]) for ln, i in zip(lines, ids, strict=True) if i in thumbs}
+    ax.legend(loc="best", fontsize=7, title=what, title_fontsize=7, handler_map=handler,
+              handlelength=4.2, handleheight=2.2, labelspacing=0.3)
+
+
+def _draw_thumbnails(ax, lanes: list[tuple[int, int, np.ndarray | None]]) -> None:
+    """Each lane's face just left of the strip (tick labels moved left of the faces), framed
+    in the lane's colour."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    ax.tick_params(axis="y", pad=THUMB_PT + 6)
+    for lane, i, image in lanes:
+        if image is None:
+            continue
+        box = OffsetImage(image, zoom=THUMB_PT / image.shape[0])
+        ab = AnnotationBbox(box, (0, lane), xycoords=("axes fraction", "data"),
+                            xybox=(-3, 0), boxcoords="offset points", box_alignment=(1, 0.5),
+                            pad=0.15, frameon=True, annotation_clip=False,
+                            bboxprops={"edgecolor": _track_color(i), "linewidth": 2})
+        ax.add_artist(ab)
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:

@@ -5,7 +5,9 @@ probability, and a small valence/arousal marker: a circle (valence left to right
 bottom to top, radius 1) with a dot at the face's (valence, arousal). A face with a
 ``track_id`` (videos) gets its box and landmarks in the track's colour (:func:`track_color`,
 the same one `cage plot` uses for the track's line) and the id in a badge before the tag,
-which keeps the label's colour.
+which keeps the label's colour. A face with a ``person_id`` (``cage annotate --persons``) gets
+the person's colour instead (:func:`person_color`, the colour of the person's line in
+`cage plot`) and a ``P<id>`` badge: all tracks of one person look the same.
 
 Photos are read with :func:`cage_cli.annotation.decode.load_image` (EXIF orientation applied, like
 `cage annotate`), so boxes land where they were found. Videos are decoded with PyAV and
@@ -62,8 +64,8 @@ VIDEO_OUT_EXTS = (".mp4", ".m4v")
 #: Audio codecs copied into the MP4 as they are; others are dropped (with a note).
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"})
 
-_FACE_COLUMNS = ("frame_index", "face_index", "track_id", "x1", "y1", "x2", "y2", "label",
-                 "valence", "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
+_FACE_COLUMNS = ("frame_index", "face_index", "track_id", "person_id", "x1", "y1", "x2", "y2",
+                 "label", "valence", "arousal", *LANDMARK_COLUMNS, *(f"p_{e}" for e in EXPRESSIONS))
 
 
 def label_color_hex(label: str) -> str:
@@ -79,6 +81,21 @@ def track_color(track_id: int) -> tuple[int, int, int]:
 def track_color_hex(track_id: int) -> str:
     r, g, b = track_color(track_id)
     return f"#{r:02x}{g:02x}{b:02x}"
+
+
+#: A person's colour: the same palette, by ``person_id`` (persons replace tracks where known).
+person_color = track_color
+person_color_hex = track_color_hex
+
+
+def badge_of(face: dict) -> tuple[str, tuple[int, int, int]] | None:
+    """The id badge of a face and its colour: ``P<person_id>`` in the person's colour, else
+    ``#<track_id>`` in the track's colour, else None."""
+    if face.get("person_id") is not None:
+        return f"P{face['person_id']}", person_color(face["person_id"])
+    if face.get("track_id") is not None:
+        return f"#{face['track_id']}", track_color(face["track_id"])
+    return None
 
 
 # --- drawing -------------------------------------------------------------------------------
@@ -111,8 +128,8 @@ def draw_faces(image: Image.Image, faces: list[dict]) -> None:
         x1, y1, x2, y2 = (float(f[k]) for k in ("x1", "y1", "x2", "y2"))
         label = f.get("label") or "?"
         color = LABEL_COLORS.get(label, OTHER_COLOR)
-        track = f.get("track_id")
-        edge = color if track is None else track_color(track)
+        badge = badge_of(f)
+        edge = color if badge is None else badge[1]
         side = max(x2 - x1, y2 - y1, 1.0)
         lw = int(_clamp(round(side / 60), 1, 8))
         draw.rectangle((x1, y1, x2, y2), outline=edge, width=lw)
@@ -127,7 +144,7 @@ def draw_faces(image: Image.Image, faces: list[dict]) -> None:
         text = label if prob is None else f"{label} {prob:.0%}"
         font = _font(int(_clamp(round(side * 0.16), min_font, 48)))
         pad = max(2, lw)
-        parts = [(text, color)] if track is None else [(f"#{track}", edge), (text, color)]
+        parts = [(text, color)] if badge is None else [badge, (text, color)]
         boxes = [draw.textbbox((0, 0), t, font=font) for t, _ in parts]
         ty0 = min(b[1] for b in boxes)
         tag_h = max(b[3] for b in boxes) - ty0 + 2 * pad

@@ -1,6 +1,7 @@
 """`cage summary`: per-source counts and means of an annotation output, plus its failed files,
-and for videos the tracks (one per person, ``track_id``): frames, first/last time, dominant
-expression, mean valence and arousal.
+and for videos the tracks (``track_id``): frames, first/last time, dominant expression, mean
+valence and arousal; and, for videos annotated with ``--persons``, the same per person
+(``person_id``: the tracks of one person), with its tracks and time on screen.
 
 Also the small helpers that `cage render` and `cage plot` share: :func:`load_annotations`
 (read any `cage annotate` output and check that it is one) and :func:`match_source` (find the
@@ -155,10 +156,63 @@ def track_stats(rows: pa.Table) -> list[dict[str, Any]]:
     return out
 
 
-def longest_tracks(tracks: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The ``n`` tracks with the most frames (ties: the earlier id), in ``track_id`` order."""
-    best = sorted(tracks, key=lambda t: (-t["frames"], t["track_id"]))[:max(0, n)]
-    return sorted(best, key=lambda t: t["track_id"])
+def has_person_ids(rows: pa.Table) -> bool:
+    """Whether any face row carries a ``person_id`` (``cage annotate --persons``)."""
+    faces = _faces(rows)
+    return faces.num_rows > faces.column("person_id").null_count
+
+
+def frame_step(rows: pa.Table) -> float | None:
+    """The usual time between two sampled frames of one video: the median step between its
+    rows' distinct timestamps (None with fewer than two)."""
+    t = sorted({x for x in rows.column("timestamp_s").to_pylist() if x is not None})
+    if len(t) < 2:
+        return None
+    steps = sorted(b - a for a, b in zip(t[:-1], t[1:], strict=True))
+    return steps[len(steps) // 2]
+
+
+def person_stats(rows: pa.Table) -> list[dict[str, Any]]:
+    """One dict per person among ``rows`` (the rows of one video), in ``person_id`` order:
+    tracks (distinct track ids), frames (distinct frames the person is in), time on screen
+    (frames x :func:`frame_step`, seconds), first/last timestamp, dominant expression (with
+    its share), mean valence and arousal. Rows without a person id are left out."""
+    faces = _faces(rows)
+    step = frame_step(rows)
+    cols = faces.select(["person_id", "track_id", "frame_index", "timestamp_s",
+                         "label"]).to_pydict()
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(cols["person_id"]):
+        if p is not None:
+            groups.setdefault(p, []).append(i)
+    out = []
+    for p in sorted(groups):
+        idx = groups[p]
+        times = [cols["timestamp_s"][i] for i in idx if cols["timestamp_s"][i] is not None]
+        frames = len({cols["frame_index"][i] for i in idx})
+        label, share = _dominant([cols["label"][i] for i in idx])
+        take = pa.array(idx)
+        out.append({
+            "person_id": p,
+            "tracks": len({cols["track_id"][i] for i in idx} - {None}),
+            "frames": frames,
+            "time_on_screen_s": None if step is None else round(frames * step, 6),
+            "first_s": round(min(times), 6) if times else None,
+            "last_s": round(max(times), 6) if times else None,
+            "dominant_expression": label,
+            "dominant_share": None if share is None else round(share, 6),
+            "mean_valence": _mean(faces.column("valence").take(take)),
+            "mean_arousal": _mean(faces.column("arousal").take(take)),
+        })
+    return out
+
+
+def longest_tracks(tracks: list[dict[str, Any]], n: int, key: str = "track_id"
+                   ) -> list[dict[str, Any]]:
+    """The ``n`` tracks (or persons, ``key="person_id"``) with the most frames (ties: the
+    earlier id), in id order."""
+    best = sorted(tracks, key=lambda t: (-t["frames"], t[key]))[:max(0, n)]
+    return sorted(best, key=lambda t: t[key])
 
 
 def _stats(source_rows: pa.Table) -> dict[str, Any]:
@@ -191,18 +245,24 @@ def summarize(table: pa.Table, run_info: list[dict] | None = None) -> dict[str, 
     share of the faces), mean valence and arousal; plus the failed files of the run.
 
     ``tracks`` per source: the :func:`track_stats` of a video whose rows carry track ids,
-    None for photos and for videos without them (outputs of a cage without tracking)."""
+    None for photos and for videos without them (outputs of a cage without tracking).
+    ``persons`` per source: the :func:`person_stats` of a video whose rows carry person ids
+    (``--persons``), else None (photos: a person is a face there)."""
     per_source = []
     src = table.column("source")
     for s in sources_of(table):
         rows = table.filter(pc.equal(src, s))
         media = rows.column("media")[0].as_py()
         tracks = track_stats(rows) if media == "video" and has_track_ids(rows) else None
-        per_source.append({"source": s, "media": media, **_stats(rows), "tracks": tracks})
+        persons = person_stats(rows) if media == "video" and has_person_ids(rows) else None
+        per_source.append({"source": s, "media": media, **_stats(rows), "tracks": tracks,
+                           "persons": persons})
     total = _stats(table)
     total["frames_with_faces"] = sum(r["frames_with_faces"] for r in per_source)
     tracked = [r["tracks"] for r in per_source if r["tracks"] is not None]
     total["tracks"] = sum(len(t) for t in tracked) if tracked else None
+    with_persons = [r["persons"] for r in per_source if r["persons"] is not None]
+    total["persons"] = sum(len(p) for p in with_persons) if with_persons else None
     models = sorted({m for m in table.column("model").to_pylist() if m})
     if not models and run_info:
         models = sorted({r["model"] for r in run_info if r.get("model")})
@@ -236,7 +296,8 @@ def _secs(x: float | None) -> str:
 def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
                   max_tracks: int = 10) -> None:
     """The summary as rich tables: one row per source and a total, then per video its
-    ``max_tracks`` longest tracks (when the rows carry track ids), then the failed files."""
+    ``max_tracks`` longest persons (when the rows carry person ids) and tracks (when they
+    carry track ids), then the failed files."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -245,6 +306,7 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
     parent = _common_parent(names)
     caption = f"sources in {parent}" if parent else None
     tracked = summary["total"].get("tracks") is not None
+    personal = summary["total"].get("persons") is not None
     table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption),
                   caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False)
@@ -254,6 +316,8 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
     table.add_column("faces", justify="right")
     if tracked:
         table.add_column("tracks", justify="right")
+    if personal:
+        table.add_column("persons", justify="right")
     table.add_column("dominant\nexpression")
     table.add_column("mean\nvalence", justify="right")
     table.add_column("mean\narousal", justify="right")
@@ -267,19 +331,47 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
         return ["-" if tracks is None else str(tracks if isinstance(tracks, int)
                                                 else len(tracks))]
 
+    def person_cell(persons: list | int | None) -> list[str]:
+        if not personal:
+            return []
+        return ["-" if persons is None else str(persons if isinstance(persons, int)
+                                                 else len(persons))]
+
     for r in summary["sources"]:
         table.add_row(Text(name_of(r["source"])), r["media"], str(r["frames_with_faces"]),
-                      str(r["faces"]), *track_cell(r.get("tracks")), _dom(r),
+                      str(r["faces"]), *track_cell(r.get("tracks")),
+                      *person_cell(r.get("persons")), _dom(r),
                       _fmt(r["mean_valence"]), _fmt(r["mean_arousal"]))
     t = summary["total"]
     table.add_section()
     table.add_row("total", "", str(t["frames_with_faces"]), str(t["faces"]),
-                  *track_cell(t.get("tracks")), _dom(t), _fmt(t["mean_valence"]),
+                  *track_cell(t.get("tracks")), *person_cell(t.get("persons")), _dom(t),
+                  _fmt(t["mean_valence"]),
                   _fmt(t["mean_arousal"]), style="bold")
     console.print(table)
     say = lambda line: console.print(line, highlight=False, markup=False)  # noqa: E731
     videos = [r for r in summary["sources"] if r["media"] == "video" and r["faces"]]
     for r in videos:
+        persons = r.get("persons")
+        if persons and max_tracks > 0:
+            shown = longest_tracks(persons, max_tracks, "person_id")
+            pt = Table(title=Text(f"persons in {name_of(r['source'])}: {len(persons)}"
+                                  + (f" (the {len(shown)} longest on screen)"
+                                     if len(shown) < len(persons) else "")),
+                       title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                       pad_edge=False)
+            for col in ("person", "tracks", "frames", "on screen\n(s)", "first (s)",
+                        "last (s)"):
+                pt.add_column(col, justify="right")
+            pt.add_column("dominant\nexpression")
+            pt.add_column("mean\nvalence", justify="right")
+            pt.add_column("mean\narousal", justify="right")
+            for k in shown:
+                pt.add_row(str(k["person_id"]), str(k["tracks"]), str(k["frames"]),
+                           _secs(k["time_on_screen_s"]), _secs(k["first_s"]),
+                           _secs(k["last_s"]), _dom(k), _fmt(k["mean_valence"]),
+                           _fmt(k["mean_arousal"]))
+            console.print(pt)
         tracks = r.get("tracks")
         if tracks is None or max_tracks <= 0:
             continue
