@@ -157,7 +157,17 @@ def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Pat
     options = AnnotateOptions(sampling=Sampling(max_frames=24))
     inputs, out = [str(INTERVIEW), str(SINGLE)], f"{tmp_path}/ds/"
     killed: list[int] = []
-    killer = threading.Thread(target=kill_one, args=(killed,))
+
+    def kill_interview() -> None:  # once the photo's part is committed, the video's task
+        deadline = time.monotonic() + 120
+        while (not list(Path(out).glob("part-*.parquet")) or len(worker_pids()) != 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in worker_pids():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_interview)
     killer.start()
     s = annotate_to(inputs, out, options, ray=RayOptions(max_retries=0), log=lambda _: None)
     killer.join()

@@ -227,7 +227,7 @@ def check_cluster(address: str) -> None:
     from ray.exceptions import AuthenticationError
 
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if "://" in address or not host or not port.isdigit():
         return  # not host:port (ray://..., auto): ray.init decides
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
