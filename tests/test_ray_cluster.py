@@ -112,7 +112,7 @@ class Cluster:
         return subprocess.Popen(
             [sys.executable, "-m", "cage_cli", "annotate", str(MEDIA), "-o", str(out),
              *SAMPLING, "--ray-address", self.address, *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def cluster(port: int, token: bool, loopback: bool) -> Iterator[Cluster]:

@@ -655,7 +655,7 @@ class RayPipeline:
         #: the task that commits an input -> (its inputs, tasks it takes, segment tasks, the
         #: keys of its tasks in the progress reports)
         running: dict = {}
-        task_nodes: dict[str, str] = {}  # task key -> the node it was last seen running on
+        task_nodes: dict[str, set[str]] = {}  # task key -> the nodes it was seen running on
         nodes_alive: dict[str, str] = {}  # node id -> its address, for nodes seen alive
         polled = 0.0
 
@@ -685,7 +685,8 @@ class RayPipeline:
                         counts, nodes = {}, {}
                         if isinstance(e, ActorDiedError):  # for good: a new one, new tasks
                             progress = self.progress = self._progress_actor()
-                    task_nodes.update(nodes)
+                    for key, node in nodes.items():
+                        task_nodes.setdefault(key, set()).add(node)
                     for (source, part), c in counts.items():
                         if source in done:
                             continue
@@ -733,7 +734,7 @@ class RayPipeline:
             if started:
                 ray.shutdown()
 
-    def _lost_nodes(self, alive: dict[str, str], task_nodes: dict[str, str],
+    def _lost_nodes(self, alive: dict[str, str], task_nodes: dict[str, set[str]],
                     running: dict) -> None:
         """One line for each node that was alive at the last look and is not now: how many
         of this run's tasks were running on it (Ray retries them)."""
@@ -748,7 +749,7 @@ class RayPipeline:
             if node in now:
                 continue
             keys = {k for _, _, _, ks in running.values() for k in ks}
-            n = sum(task_nodes.get(k) == node for k in keys)
+            n = sum(node in task_nodes.get(k, ()) for k in keys)
             self.log(f"cage: a Ray node was lost ({address}, node {node[:8]}): "
                      f"{n} task{'s' if n != 1 else ''} of this run retried elsewhere; "
                      f"Ray's messages are in {log_path(self.ray_options)}")
