@@ -21,6 +21,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import DEFAULT_MODEL, __version__
 from .annotation.detect import DetectOptions
+from .annotation.identity import DEFAULT_THRESHOLD
 
 
 def _names_not_types(params: list) -> list:
@@ -216,11 +217,20 @@ def annotate(
         rich_help_panel="Detection")] = 960,
     detect_every: Annotated[int, typer.Option(
         metavar="K",
-        help="Videos: full face detection on every K-th sampled frame (a keyframe); on the "
-             "frames between, each face found there is followed near where it moved (a "
-             "cheaper search, which also ends a face that is gone). New faces appear at the "
-             "next keyframe. 1: detect every frame in full.",
+        help="Videos: full face detection (a keyframe) at least every K frames of the video "
+             "(at its own frame rate: 0.2 s at 25 fps for K=5) and after every cut; on the "
+             "sampled frames between, each face is followed near where it moved (a cheaper "
+             "search, rows with face_source tracked). Trades speed for faces that enter "
+             "between keyframes: they appear at the next one. Sampling as sparse as K frames "
+             "(--fps 5 at 25 fps) detects every sampled frame in full. 1: every sampled "
+             "frame.",
         rich_help_panel="Tracking")] = 5,
+    cuts: Annotated[bool, typer.Option(
+        "--cuts/--no-cuts",
+        help="Videos: find cuts (shot changes) between sampled frames; a cut forces a "
+             "keyframe, ends every track and starts a new shot (column shot). "
+             "docs/schema.md.",
+        rich_help_panel="Tracking")] = True,
     track_gap: Annotated[float, typer.Option(
         metavar="SECONDS",
         help="Videos: a person unseen for longer than this (seconds of video time) gets a "
@@ -232,6 +242,18 @@ def annotate(
              "causal moving average with this time constant; the label follows). Default: "
              "off, raw values.",
         rich_help_panel="Tracking")] = None,
+    persons: Annotated[bool, typer.Option(
+        "--persons",
+        help="Who is who: a person_id on every face (within each photo or video, tracks of "
+             "one person share it, also across cuts and absences) from a bundled face-"
+             "embedding model, and one descriptor per track (embedding) for `cage persons`. "
+             "Opt-in: face embeddings are biometric data (docs/persons.md).",
+        rich_help_panel="Persons")] = False,
+    person_threshold: Annotated[float, typer.Option(
+        metavar="DIST",
+        help="--persons: tracks whose descriptors are closer than this are one person "
+             "(lower: fewer wrong merges, more splits).",
+        rich_help_panel="Persons")] = DEFAULT_THRESHOLD,
     keep_empty: Annotated[bool, typer.Option(
         help="Add a row with null face fields for each frame or image without a face.")] = False,
     max_pixels: Annotated[int, typer.Option(
@@ -294,6 +316,8 @@ def annotate(
         help="Commit a part file at least this often (seconds).")] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
         help="No progress bar and no summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+        help="Also name each file left out as not media, and why.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Find faces in photos and videos and write one row per face: box, landmarks, expression
@@ -345,6 +369,8 @@ def annotate(
         fail("--track-gap must not be negative")
     if smooth is not None and smooth <= 0:
         fail("--smooth must be positive")
+    if person_threshold <= 0:
+        fail("--person-threshold must be positive")
     try:
         shard_ij = parse_shard(shard)
     except ValueError as e:
@@ -353,12 +379,17 @@ def annotate(
     if ray and not have_ray():
         fail(INSTALL_HINT)
     found = discover(paths)
+    if verbose:
+        for path, why in found.skipped:
+            err.print(f"cage: ignored {path}: {why}", markup=False, highlight=False,
+                      soft_wrap=True)
     if not found.files:
         for path, reason in found.errors:
             err.print(f"cage: skipped {path}: {reason}", markup=False, highlight=False,
                       soft_wrap=True)
         fail(f"nothing to do: no image or video files in {', '.join(paths)}"
-             + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+             + (f" ({len(found.skipped)} other files skipped; --verbose names them)"
+                if found.skipped and not verbose else ""))
     options = AnnotateOptions(
         model=model,
         weights=str(Path(weights).resolve()) if weights else None,
@@ -368,8 +399,11 @@ def annotate(
                              max_faces=max_faces, max_side=det_max_side or None),
         keep_empty=keep_empty,
         detect_every=detect_every,
+        cuts=cuts,
         track_gap=track_gap,
         smooth=smooth,
+        persons=persons,
+        person_threshold=person_threshold,
     )
     run = RunOptions(device=device, precision=precision, batch_size=batch_size,
                      frames_per_batch=frames_per_batch, threads=threads)
@@ -407,7 +441,8 @@ def models_cmd(
     name: Annotated[Optional[str], typer.Argument(  # noqa: UP045
         metavar="MODEL", help="Show this model's config and card.", show_default=False)] = None,
 ) -> None:
-    """List the registered expression models, or show one model's config and card.
+    """List the registered models (expression and face-embedding), or show one model's config
+    and card.
 
     Examples:
 
@@ -439,13 +474,27 @@ def models_cmd(
                 c.licence.split(" (")[0],
             )
         out.print(table)
+        table = Table(title="face-embedding models",
+                      caption="Opt-in: embeddings are biometric data.")
+        for col in ("name", "input", "output", "weights", "licence"):
+            table.add_column(col, no_wrap=col == "name")
+        for n in list_models("embedding"):
+            c = get_config(n)
+            table.add_row(n, f"{c.input_size}x{c.input_size} RGB", f"{c.embedding_size}-D",
+                          "bundled" if c.bundled else "needs --weights",
+                          c.licence.split(" (")[0])
+        out.print(table)
         return
     try:
         c = get_config(name)
     except ModelError as e:
         fail(str(e))
-    for key in ("name", "description", "input_size", "channels", "mean", "std", "classes",
-                "va_method", "crop", "weights", "licence", "training_data", "card"):
+    keys = ("name", "description", "input_size", "channels", "mean", "std", "classes",
+            "va_method", "crop", "weights", "licence", "training_data", "card")
+    if c.kind == "embedding":
+        keys = ("name", "kind", "description", "input_size", "channels", "mean", "std",
+                "embedding_size", "crop", "weights", "licence", "training_data", "card")
+    for key in keys:
         out.print(f"[bold]{key}[/]: {getattr(c, key)}", highlight=False)
     card = Path(__file__).resolve().parent.parent / c.card
     if c.card and card.exists():
@@ -830,6 +879,50 @@ def summary_cmd(
                       max_tracks=tracks)
 
 
+@app.command("persons")
+def persons_cmd(
+    annotations: Annotated[list[str], typer.Argument(
+        metavar="ANNOTATIONS",
+        help="One or more outputs of `cage annotate --persons` (files, folders or URIs).",
+        show_default=False)],
+    output: Annotated[str, typer.Option(
+        "-o", "--output", metavar="PATH",
+        help="The persons table: .parquet or .csv (source, frame_index, face_index, "
+             "person), one row per face; join it onto the annotation rows.")] = ...,
+    threshold: Annotated[float, typer.Option(
+        metavar="DIST",
+        help="Persons of different sources whose descriptors are closer than this are one "
+             "person (lower: fewer wrong merges, more splits).")] = DEFAULT_THRESHOLD,
+    overwrite: Annotated[bool, typer.Option(help="Replace PATH if it exists.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Link persons across sources: one run-wide `person` for the same person in many photos
+    or videos (the same participants in several sessions), from the descriptors that
+    `cage annotate --persons` stored. Persons of one source stay apart (that run kept them
+    apart). Prints each person's faces and sources.
+
+    Examples:
+
+    ```
+    cage annotate sessions/ --persons -o faces.parquet
+    cage persons faces.parquet -o persons.parquet
+    duckdb -c "select p.person, avg(f.valence) from 'faces.parquet' f join
+      'persons.parquet' p using (source, frame_index, face_index) group by 1"
+    ```
+    """
+    from .view.persons import PersonsError, link_outputs, print_persons
+
+    if threshold <= 0:
+        fail("--threshold must be positive")
+    try:
+        table = link_outputs(annotations, output, threshold, overwrite)
+    except PersonsError as e:
+        fail(str(e), e.exit_code)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        _debug_guard(debug, e)
+    print_persons(table, _stdout(), output)
+
+
 # --- cage export (issue 9; code in export/) -----------------------------------------------
 
 @app.command("export")
@@ -899,8 +992,9 @@ def export_cmd(
              "reviewed_label column.", rich_help_panel="Review")] = None,
     apply_review: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="FILE",
-        help="Fold this filled-in review sheet into the dataset given as the argument "
-             "(reviewed_label: an expression, ok or reject).", rich_help_panel="Review")] = None,
+        help="Fold these answers (a filled-in review sheet, or the review-answers.csv of "
+             "`cage review`'s page) into the dataset given as the argument (reviewed_label: "
+             "an expression, ok or reject).", rich_help_panel="Review")] = None,
     root: Annotated[Optional[str], typer.Option(  # noqa: UP045
         metavar="DIR", help="Folder that relative source paths are resolved against.",
         show_default="the current folder, then the annotations' folder")] = None,
@@ -972,6 +1066,43 @@ def export_cmd(
         err.print(warning, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
+
+
+@app.command("review")
+def review_cmd(
+    dataset: Annotated[str, typer.Argument(
+        metavar="DATASET_DIR", help="A folder written by `cage export`.", show_default=False)],
+    open_page: Annotated[bool, typer.Option(
+        "--open", help="Also open the page in the default web browser.")] = False,
+) -> None:
+    """Write DATASET_DIR/review.html, a page to check the machine labels by looking at the
+    crops and answering with the keyboard. Walkthrough: docs/prelabel.md.
+
+    Its "Save answers" downloads review-answers.csv, for `cage export --apply-review`. One
+    file, nothing fetched from the network; it shows the crops by relative paths, so the
+    folder can be zipped and sent to a reviewer.
+
+    Examples:
+
+    ```
+    cage review ds/ --open
+    cage export --apply-review ~/Downloads/review-answers.csv ds/
+    ```
+    """
+    from .export.prelabel import ExportError
+    from .export.review_page import write_review_page
+
+    try:
+        page = write_review_page(dataset)
+    except ExportError as e:
+        fail(str(e))
+    typer.echo(str(page))
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            err.print("cage: no web browser found; open the file above in one",
+                      markup=False, highlight=False, soft_wrap=True)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -35,7 +35,7 @@ def test_photo_face_counts_and_schema(photos: Path, tmp_path: Path) -> None:
     # Exact schema, defined once in cage_cli.schema.
     assert pq.read_schema(out).remove_metadata() == SCHEMA.remove_metadata()
     meta = json.loads(pq.read_schema(out).metadata[b"cage.run"])
-    assert meta["schema_version"] == "2" and meta["model"] == table.column("model")[0].as_py()
+    assert meta["schema_version"] == "3" and meta["model"] == table.column("model")[0].as_py()
     assert len(meta["weights_sha256"]) == 64 and meta["finished"]
     rows = table.to_pylist()
     for row in rows:

@@ -20,6 +20,7 @@ from cage_cli import DEFAULT_MODEL
 from cage_cli.annotation.read import read_annotations
 from cage_cli.export.prelabel import LABEL_COLUMNS, read_manifest
 from cage_cli.schema import EXPRESSIONS, PROB_COLUMNS
+from cage_cli.train.datasets import load_data
 
 MAX_FRAMES = 6
 
@@ -272,7 +273,8 @@ def test_review_round_trip(ann: Path, rows: list[dict], tmp_path: Path) -> None:
         assert c["label_source"] == "human" and c["expression"] == before[c["image"]]["expression"]
         untouched = [k for k in after if k not in (relabel["image"], confirm["image"])]
         assert all(after[k] == before[k] for k in untouched)
-    assert "1 relabelled, 1 confirmed, 1 rejected" in " ".join(r.stderr.split())
+    assert "1 relabelled, 1 confirmed, 1 rejected (as before: nothing changed)" in " ".join(
+        r.stderr.split())  # the second time
     man = {m["image"]: m for m in read_manifest(out)[1]}
     assert man[reject["image"]]["rejected"] and (out / reject["image"]).is_file()
     assert man[relabel["image"]]["machine_label"] == relabel["machine_label"]
@@ -412,3 +414,80 @@ def test_evaluate_an_export_without_model_uses_the_default(ann: Path, tmp_path: 
     # (0.73 when written).
     assert result["classification"]["accuracy"] > 0.5
 
+
+
+def test_train_and_evaluate_read_the_manifest_as_crops(ann: Path, tmp_path: Path) -> None:
+    """Issue 27.1: the manifest's x1..y2 are boxes in the source frames; evaluate and train
+    read its crops as the faces (all splits together, rejected rows left out), as the labels
+    CSVs are read, instead of cutting source boxes out of the crops (a crash before)."""
+    out = tmp_path / "ds"
+    export(ann, out, "--split", "train=0.5,test=0.5", "--seed", "1")
+    reports = {}
+    for name in ("manifest.csv", "train.csv", "test.csv"):
+        reports[name] = tmp_path / f"{name}.json"
+        r = cage("evaluate", out / name, "--model", "fer-mini-xception", "--device", "cpu",
+                 "--json", reports[name], "--predictions", tmp_path / f"{name}.pred.csv")
+        assert r.exit_code == 0, r.stderr
+    result = json.loads(reports["manifest.csv"].read_text())
+    assert result["crop"] == "whole_image"
+    assert any("is a `cage export` manifest" in n and "(test, train)" in n
+               for n in result["notes"])
+    splits = [read_csv(tmp_path / f"{s}.pred.csv") for s in ("train.csv", "test.csv")]
+    whole = read_csv(tmp_path / "manifest.csv.pred.csv")
+    assert sorted(whole, key=lambda r: r["path"]) == sorted(
+        (r for part in splits for r in part), key=lambda r: r["path"])  # same crops, outputs
+    assert result["n_images"] == len(read_csv(out / "train.csv")) + len(read_csv(out / "test.csv"))
+    # A face rejected in review is left out of the manifest's faces too.
+    sheet = tmp_path / "review.csv"
+    rejected = read_csv(out / "test.csv")[0]["image"]
+    sheet.write_text(f"image,reviewed_label\n{rejected},reject\n")
+    assert cage("export", "--apply-review", sheet, out).exit_code == 0
+    after = load_data(out / "manifest.csv")
+    assert len(after) == result["n_images"] - 1 and "1 rows rejected in review left out" in \
+        after.notes and str(out / rejected) not in {s.path for s in after.samples}
+    r = cage("train", out / "manifest.csv", "-o", tmp_path / "run", "--max-steps", 1,
+             "--batch-size", 4, "--backbone", "resnet18", "--input-size", 64, "--no-augment",
+             "--workers", 0, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    (out / "manifest.parquet").write_bytes(b"")
+    r = cage("evaluate", out / "manifest.parquet", "--model", "fer-mini-xception")
+    assert r.exit_code == 2 and "pass the export's labels CSV" in r.stderr
+    assert f"{out / 'train.csv'}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_box_outside_its_image_is_a_row_error(ann: Path, tmp_path: Path) -> None:
+    """Issue 27.1: a CSV whose x1..y2 do not fit their image (here the export's source-frame
+    boxes against its crops) names each such row and leaves it out; the run goes on."""
+    out = tmp_path / "ds"
+    export(ann, out)
+    manifest = read_csv(out / "manifest.csv")
+    labels = tmp_path / "boxes.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "expression", "x1", "y1", "x2", "y2"])
+        for i, m in enumerate(manifest):
+            image = out / m["image"]
+            with Image.open(image) as im:
+                side = im.width
+            box = ([side * 0.2, side * 0.2, side * 0.8, side * 0.8] if i < 2  # fits
+                   else [side + 10, 5, side + 90, 80] if i == 2  # right of the image
+                   else [m["x1"], m["y1"], m["x2"], m["y2"]])
+            w.writerow([image, m["expression"], *box])
+    outside = [i for i, m in enumerate(manifest) if i == 2 or (
+        i >= 2 and (float(m["x1"]) >= side or float(m["y1"]) >= side))]
+    assert len(outside) >= 3
+    report = tmp_path / "eval.json"
+    r = cage("evaluate", labels, "--model", "fer-mini-xception", "--device", "cpu",
+             "--json", report)
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(report.read_text())
+    assert result["n_images"] == len(manifest) - len(outside) and result["crop"] == "boxes"
+    third = out / manifest[2]["image"]
+    assert (f"{labels}:4: face box ({side + 10:g}, 5, {side + 90:g}, 80) lies outside the "
+            f"{side} x {side} image of {third}; row left out") in result["notes"]
+    # Nothing fits: one line, exit 2.
+    with open(labels, "w", newline="") as f:
+        f.write(f"image,expression,x1,y1,x2,y2\n{third},1,300,300,200,400\n")
+    r = cage("evaluate", labels, "--model", "fer-mini-xception")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "no usable samples" in r.stderr and "is empty (x2 <= x1 or y2 <= y1)" in r.stderr

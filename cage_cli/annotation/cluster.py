@@ -140,8 +140,9 @@ def batches(files: list[MediaFile], per_task: int) -> list[list[MediaFile]]:
 
 def segments(count: int, size: int, every: int) -> list[tuple[int, int | None]]:
     """Sampled-frame positions (first, end) of the segments of a video of ``count`` sampled
-    frames: about ``size`` frames each, cut at chunk boundaries (multiples of ``every``,
-    --detect-every) so that no chunk is split; the last is open-ended."""
+    frames: about ``size`` frames each, at multiples of ``every`` (--detect-every); the
+    decoder moves each end on to the next keyframe block (decode.block_start), so that no
+    chunk is split; the last is open-ended."""
     n = math.ceil(count / size)
     step = math.ceil(count / n / every) * every
     cuts = list(range(0, count, step))
@@ -402,7 +403,8 @@ class ActorPipeline(Pipeline):
 
     def _classify(self, job: _Job):  # noqa: ANN202 - workers.Results
         # One chunk of every face (no batch limit here): the actor makes the model calls.
-        return submit_predictions(self.model, job.frames, job.faces.get(), 2**31, self.waiter)
+        return submit_predictions(self.model, job.frames, job.faces.get(), 2**31, self.waiter,
+                                  self.embedder)
 
     def close(self) -> None:
         super().close()
@@ -493,7 +495,8 @@ def annotate_task(files: list[MediaFile], folder: str | UriPath, tag: str, info:
     counts: dict[str, dict] = {}
     last = 0.0
     try:
-        results = _joined(pipeline, files[0], parts) if parts else pipeline.run(files)
+        results = (pipeline.with_persons(_joined(pipeline, files[0], parts)) if parts
+                   else pipeline.run(files))
         for r in results:
             writer.add(r)
             c = counts.setdefault(r.source, {"source": r.source, "media": r.media,

@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import shots
 from .inputs import MediaFile
 
 #: --max-pixels: larger images and video frames are refused from their header, undecoded.
@@ -44,19 +45,26 @@ class Frame:
     index: int
     timestamp: float | None  # seconds from the video's own timestamps; None for images
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    position: int = 0  # videos: 0, 1, ... over the sampled frames (detect.py's chunks)
+    position: int = 0  # videos: 0, 1, ... over the sampled frames
+    #: videos: the index of the sampled frame before this one; None for the first
+    previous: int | None = None
+    cut: bool = False  # videos: a shot change from the sampled frame before (shots.py)
 
 
 def frames(file: MediaFile, sampling: Sampling = Sampling(),
-           positions: tuple[int, int | None] | None = None) -> Iterator[Frame]:
+           positions: tuple[int, int | None] | None = None, cuts: bool = True,
+           block: int = 1) -> Iterator[Frame]:
     """Yield the sampled frames of ``file``; raises DecodeError (after any good frames).
+    Video frames say which frame came before and whether they begin a new shot (``cuts``).
     ``positions`` (first, end): of a video, only the sampled frames at those positions (a
-    segment of a ``--ray`` run), numbered as in the whole video."""
+    segment of a ``--ray`` run), numbered as in the whole video, each end moved on to the
+    next frame that begins a block of ``block`` video frames (a keyframe whatever the
+    pictures, cage_cli.annotation.pipeline), so that a segment splits no chunk."""
     _check_readable(file.path)
     if file.media == "image":
         yield Frame(file.path, "image", 0, None, load_image(file.path, sampling.max_pixels))
     else:
-        yield from _video_frames(file.path, sampling, positions)
+        yield from _video_frames(file.path, sampling, positions, cuts, block)
 
 
 def check_size(width: int, height: int, max_pixels: int | None) -> None:
@@ -79,6 +87,36 @@ def _check_readable(path: str) -> None:
         raise DecodeError(e.strerror or str(e)) from None
 
 
+#: HEIF's major brands (ISO/IEC 23008-12; Canon's HIF and iPhones' HEIC among them). AVIF
+#: ("avif") is Pillow's own.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif",
+                         b"mif1", b"msf1"})
+_heif_registered = False
+
+
+def register_heif(path: str) -> bool:
+    """If ``path`` is a HEIF file (by its first 12 bytes), make Pillow read it: pi-heif's
+    plugin is imported on the first such file only, so runs without one never load it.
+    Raises DecodeError if pi-heif is not installed."""
+    global _heif_registered
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False  # the caller reports why it cannot be read
+    if head[4:8] != b"ftyp" or head[8:12] not in HEIF_BRANDS:
+        return False
+    if not _heif_registered:
+        try:
+            from pi_heif import register_heif_opener
+        except ImportError:
+            raise DecodeError("HEIF photo, and pi-heif (its reader) is not installed: "
+                              "pip install pi-heif") from None
+        register_heif_opener()
+        _heif_registered = True
+    return True
+
+
 def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Open an image as (H, W, 3) uint8 RGB: EXIF orientation applied, any mode converted.
 
@@ -86,6 +124,7 @@ def load_image(path: str, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     ``max_pixels`` is refused from its header, before any pixel is decoded. Each step frees
     the one before, so at most two copies of the pixels exist at once.
     """
+    register_heif(path)
     try:
         with Image.open(path) as im:
             check_size(*im.size, max_pixels)
@@ -170,9 +209,11 @@ def estimated_count(path: str, sampling: Sampling) -> int:
 
 
 def _video_frames(path: str, sampling: Sampling,
-                  positions: tuple[int, int | None] | None = None) -> Iterator[Frame]:
+                  positions: tuple[int, int | None] | None = None, cuts: bool = True,
+                  block: int = 1) -> Iterator[Frame]:
     """Sampled frames of a video: its packets index it (timestamps and keyframes, no
-    decoding), PyAV decodes it in order.
+    decoding), PyAV decodes it in order. A segment (``positions``) decodes the frame before
+    its first too, for the first's ``previous`` and cut test, and does not yield it.
 
     decord's CPU reader is not used: it keeps decoding ahead in a background thread, without
     bound, while the caller is busy (dmlc/decord#157, #208), so a slow consumer ends up
@@ -180,12 +221,42 @@ def _video_frames(path: str, sampling: Sampling,
     """
     timestamps, keys = video_index(path, sampling.max_pixels)
     want = sample_indices(timestamps, sampling)
-    first = 0
+    first, context = 0, 0
     if positions is not None:
-        first = positions[0]
-        want = want[first : positions[1]]
-    if len(want):
-        yield from _decode(path, timestamps, keys, want, first)
+        first, end = (None if p is None else block_start(want, p, block) for p in positions)
+        context = min(first, 1)
+        want = want[first - context : end]
+    if len(want) > context:
+        decoded = _decode(path, timestamps, keys, want, first - context)
+        yield from _shots(decoded, cuts, context)
+
+
+def block_start(want: np.ndarray, position: int, block: int) -> int:
+    """The first position at or after ``position`` whose frame (of the sampled frame indices
+    ``want``) begins a block of ``block`` video frames; len(want) if there is none."""
+    if position <= 0:
+        return 0
+    blocks = want // block
+    begins = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+    i = int(np.searchsorted(begins, position))
+    return int(begins[i]) if i < len(begins) else len(want)
+
+
+def _shots(decoded: Iterator[Frame], cuts: bool, skip: int) -> Iterator[Frame]:
+    """The frames with ``previous`` and ``cut`` set (a thumbnail of each frame compared with
+    the one before, shots.py), less the first ``skip`` (0 or 1)."""
+    before: tuple[int, float, np.ndarray | None] | None = None
+    for frame in decoded:
+        thumb = shots.thumbnail(frame.image) if cuts else None
+        if before is not None:
+            frame.previous = before[0]
+            frame.cut = thumb is not None and shots.is_cut(
+                before[2], thumb, frame.timestamp - before[1])  # type: ignore[arg-type]
+        if skip:
+            skip -= 1
+        else:
+            yield frame
+        before = (frame.index, frame.timestamp, thumb)  # type: ignore[assignment]
 
 
 def video_frames_at(path: str, indices: list[int]) -> Iterator[Frame]:

@@ -3,14 +3,16 @@
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
 
-Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (every K-th sampled
-frame) and the K-1 sampled frames after it. Each face found on the keyframe is searched for again,
-frame by frame, by MTCNN in a window around where it is predicted to be (``MTCNN.near``: the boxes
-are those full detection gives). A face not found there has no row in that frame (no guessed boxes);
-it is searched for again in the chunk's next frames, from where it was last seen. New faces appear
-at the next keyframe. Each face found between keyframes carries a *link*: the index of the keyframe
-face it continues (cage_cli.annotation.track gives it that face's id). A chunk depends only on its
-own frames, so chunks are detected in parallel, and rows do not depend on how frames are grouped.
+Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (the first sampled
+frame of each block of K video frames, and the first after a cut: cage_cli.annotation.pipeline)
+and the sampled frames after it up to the next keyframe. Each face found on the keyframe is
+searched for again, frame by frame, by MTCNN in a window around where it is predicted to be
+(``MTCNN.near``: the boxes are those full detection gives; ``face_source`` "tracked"). A face not
+found there has no row in that frame (no guessed boxes); it is searched for again in the chunk's
+next frames, from where it was last seen. New faces appear at the next keyframe. Each face found
+between keyframes carries a *link*: the index of the keyframe face it continues
+(cage_cli.annotation.track gives it that face's id). A chunk depends only on its own frames, so
+chunks are detected in parallel, and rows do not depend on how frames are grouped.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class Faces:
     boxes: np.ndarray  # (K, 4) float32 x1, y1, x2, y2
     scores: np.ndarray  # (K,) float32; NaN where no detector ran
     landmarks: np.ndarray  # (K, 5, 2) float32; NaN where no detector ran
-    source: str = "detected"  # detected | padded | whole_image
+    #: detected (full detection) | tracked (followed from a keyframe) | padded | whole_image
+    source: str = "detected"
     track_ids: np.ndarray | None = None  # (K,) int32 in videos (track.py); None: none
+    shot: int | None = None  # videos: the frame's shot (cuts before it, track.py)
     error: str | None = None  # why detection failed on this frame (then there are no faces)
     #: between keyframes: (K,) int32, the index of the keyframe face each face continues;
     #: None on keyframes (full detection)
@@ -216,7 +220,7 @@ class Detector:
         followed = followed.copy()
         followed[links[keep], 1] = last[links[keep]]
         followed[links[keep], 0] = faces.boxes[keep]
-        return Faces(faces.boxes[keep], faces.scores[keep], faces.landmarks[keep],
+        return Faces(faces.boxes[keep], faces.scores[keep], faces.landmarks[keep], "tracked",
                      links=links[keep], followed=followed)
 
     def _one(self, image: np.ndarray, is_image: bool) -> Faces:

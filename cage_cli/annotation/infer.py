@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..models import ExpressionModel
+from ..models import EmbeddingModel, ExpressionModel
 from ..preprocess import crop_faces
-from ..schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
+from ..schema import EMBEDDING_TYPE, EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
 from .decode import Frame
 from .detect import Faces
+from .persons import embed_faces_of
 from .workers import Results, Workers
 
 
@@ -24,11 +25,13 @@ def predict_faces(model: ExpressionModel, frames: list[Frame], faces: list[Faces
 
 
 def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
-                       batch_size: int, pool: Workers | None = None
-                       ) -> Results:
+                       batch_size: int, pool: Workers | None = None,
+                       embedder: EmbeddingModel | None = None) -> Results:
     """Start cropping and classifying the faces; ``.get()`` gives the predictions, one dict
     per batch. With a CPU ``pool``, the faces are split evenly over its threads, and each
-    thread cuts its own crops."""
+    thread cuts its own crops. With an ``embedder`` (--persons), the faces full detection
+    found (not those followed between keyframes) also get a descriptor (``embedding``; NaN
+    for the others)."""
     faces_of = [(f.image, d) for f, d in zip(frames, faces, strict=True) if len(d)]
     n = sum(len(d) for _, d in faces_of)
     if not n:
@@ -38,20 +41,27 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
         batch_size = min(batch_size, -(-n // pool.n))
     # Faces [lo, hi) of the run in frame order, as (image, its boxes there, whole) pieces.
     starts = np.cumsum([0] + [len(d) for _, d in faces_of])
-    batches = [[(image, d.boxes[max(lo - s, 0) : lo + batch_size - s], d.source == "whole_image")
+    batches = [[(image, d, slice(max(lo - s, 0), lo + batch_size - s))
                 for (image, d), s in zip(faces_of, starts, strict=False)
                 if s < lo + batch_size and s + len(d) > lo]
                for lo in range(0, n, batch_size)]
-    return Results.map(pool, functools.partial(_crop_predict, model), batches)
+    return Results.map(pool, functools.partial(_crop_predict, model, embedder), batches)
 
 
-def _crop_predict(model: ExpressionModel, pieces: list[tuple]) -> dict[str, np.ndarray]:
-    """Crop one batch of faces and classify it."""
-    x = torch.cat([crop_faces(image, boxes, model.config, whole=whole)
-                   for image, boxes, whole in pieces])
+def _crop_predict(model: ExpressionModel, embedder: EmbeddingModel | None,
+                  pieces: list[tuple]) -> dict[str, np.ndarray]:
+    """Crop one batch of faces (each piece: a frame, its faces, the slice of them in this
+    batch) and classify it; with an ``embedder``, embed the keyframe faces too."""
+    x = torch.cat([crop_faces(image, d.boxes[part], model.config,
+                              whole=d.source == "whole_image") for image, d, part in pieces])
     if model.device.type == "cuda":
         x = x.pin_memory()
-    return model.predict(x)
+    out = model.predict(x)
+    if embedder is not None:
+        out["embedding"] = embed_faces_of(embedder, [
+            (image, d.boxes[part], d.landmarks[part],
+             np.full(len(d.boxes[part]), d.links is None)) for image, d, part in pieces])
+    return out
 
 
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -87,6 +97,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
     face_index = per_face(cat(lambda d: np.arange(len(d)), (0,)), np.float64)
     track_ids = per_face(cat(lambda d: np.full(len(d), np.nan) if d.track_ids is None
                              else d.track_ids, (0,)), np.float64)
+    shots = np.array([np.nan if d.shot is None else d.shot for d in faces], np.float64)
     boxes = per_face(cat(lambda d: d.boxes, (0, 4)))
     scores = per_face(cat(lambda d: d.scores, (0,)))
     landmarks = per_face(cat(lambda d: d.landmarks.reshape(-1, 10), (0, 10)))
@@ -106,6 +117,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
         "frame_height": _numbers(sizes[of_row, 0], pa.int32()),
         "face_index": _numbers(face_index, pa.int32()),
         "track_id": _numbers(track_ids, pa.int32()),
+        "shot": _numbers(shots[of_row], pa.int32()),
         "face_source": _strings(face_source.tolist()),
         **{name: _numbers(boxes[:, c], f32) for c, name in enumerate(("x1", "y1", "x2", "y2"))},
         "det_score": _numbers(scores, f32),
@@ -116,8 +128,21 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
         "valence": _numbers(valence, f32),
         "arousal": _numbers(arousal, f32),
         "va_method": _strings(np.where(has_face, model.config.va_method, None).tolist()),
+        "person_id": pa.nulls(len(of_row), pa.int32()),  # cage_cli.annotation.persons
+        "embedding": _embeddings(per_face(preds["embedding"][:m]) if "embedding" in preds
+                                 else np.full((len(of_row), 0), np.nan, np.float32)),
     }
-    return pa.RecordBatch.from_arrays(list(cols.values()), schema=SCHEMA)
+    return pa.RecordBatch.from_arrays([cols[c] for c in SCHEMA.names], schema=SCHEMA)
+
+
+def _embeddings(values: np.ndarray) -> pa.Array:
+    """The ``embedding`` column from (rows, D) descriptors; null where a row is NaN."""
+    valid = ~np.isnan(values).any(1) if values.shape[1] else np.zeros(len(values), bool)
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum(valid * values.shape[1], out=offsets[1:])
+    return pa.Array.from_buffers(EMBEDDING_TYPE, len(values), [
+        _validity(valid), pa.py_buffer(offsets)],
+        children=[_numbers(values[valid].reshape(-1), f32)])
 
 
 def _labels(probs: np.ndarray) -> list[str | None]:

@@ -23,9 +23,11 @@ import pyarrow as pa
 import torch
 
 from ..models import DEFAULT_MODEL, ExpressionModel, create_model
-from . import track
+from . import persons, track
 from .decode import DecodeError, Frame, Sampling, frames
 from .detect import DetectOptions, Detector, Faces
+from .embed import load_embedding_model
+from .identity import DEFAULT_THRESHOLD
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
 from .workers import Results, cpu_workers, release_memory
@@ -40,11 +42,18 @@ class AnnotateOptions:
     sampling: Sampling = field(default_factory=Sampling)
     detect: DetectOptions = field(default_factory=DetectOptions)
     keep_empty: bool = False
-    #: videos: full detection on every K-th sampled frame; faces are re-located on the frames
-    #: between (cage_cli.annotation.detect). 1: every frame detected in full.
+    #: videos: full detection at least every K frames of the video (at its own frame rate:
+    #: on the first sampled frame of each block of K), and after every cut; faces are
+    #: followed on the sampled frames between (cage_cli.annotation.detect). 1: every sampled
+    #: frame detected in full.
     detect_every: int = 5
+    cuts: bool = True  # videos: find cuts (shots.py); a cut forces a keyframe, ends tracks
     track_gap: float = 1.0  # seconds of video time a track may go unseen (track.py)
     smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
+    #: --persons: face descriptors and person ids (cage_cli.annotation.persons); opt-in,
+    #: embeddings are biometric data
+    persons: bool = False
+    person_threshold: float = DEFAULT_THRESHOLD  # descriptor distance (identity.py)
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class _Budget:
             self._cv.notify_all()
 
 
-def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
+def _decode_all(files: list[MediaFile], options: AnnotateOptions, out: queue.Queue,
                 budget: _Budget, stop: threading.Event,
                 positions: tuple[int, int | None] | None = None) -> None:
     """Producer thread: decode every file into ``out``, then _STOP."""
@@ -143,7 +152,8 @@ def _decode_all(files: list[MediaFile], sampling: Sampling, out: queue.Queue,
                 break
             n, error = 0, None
             try:
-                for frame in frames(file, sampling, positions):
+                for frame in frames(file, options.sampling, positions, options.cuts,
+                                    options.detect_every):
                     if stop.is_set():
                         error = "interrupted"
                         break
@@ -172,6 +182,8 @@ class Pipeline:
                                            run.precision)
         self.workers = cpu_workers(self.model.device, run.threads)
         self.detector = Detector(options.detect, self.model.device, self.workers)
+        self.embedder = (load_embedding_model(device=str(self.model.device))
+                         if options.persons else None)
         self.stop = threading.Event()
         self._failed: dict[str, str] = {}  # source -> why a frame of it failed detection
         self._tracking: tuple[str, track.TrackState] | None = None  # the current video's
@@ -188,6 +200,10 @@ class Pipeline:
         With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.annotation.cluster),
         videos give only their sampled frames at those positions, as :class:`Detections`
         (see :meth:`rows`) instead of rows."""
+        return self.with_persons(self._run(files, positions))
+
+    def _run(self, files: list[MediaFile],
+             positions: tuple[int, int | None] | None = None) -> Iterator[Result]:
         ro = self.run_options
         self.stop = threading.Event()
         self._segment = positions is not None
@@ -195,7 +211,7 @@ class Pipeline:
         budget = _Budget(ro.buffer_mb * 2**20)
         producer = threading.Thread(
             target=_decode_all,
-            args=(files, self.options.sampling, q, budget, self.stop, positions),
+            args=(files, self.options, q, budget, self.stop, positions),
             daemon=True,
         )
         producer.start()
@@ -251,23 +267,27 @@ class Pipeline:
         fr = [x for x in group if isinstance(x, Frame)]
         seed = None
         if fr and not self._keyframe(fr[0]) and previous is not None and previous.frames \
-                and self._chunk(previous.frames[-1]) == self._chunk(fr[0]):
+                and previous.frames[-1].source == fr[0].source \
+                and previous.frames[-1].index == fr[0].previous:
             seed = previous.faces.get()[-1]
         faces = self.detector.submit([f.image for f in fr], [f.media == "image" for f in fr],
                                      [self._keyframe(f) for f in fr], seed)
         return _Job(group, fr, faces, n_bytes)
 
     def _keyframe(self, frame: Frame) -> bool:
-        """Photos, and every ``detect_every``-th sampled frame of a video, get full detection."""
-        return frame.media == "image" or frame.position % self.options.detect_every == 0
-
-    def _chunk(self, frame: Frame) -> tuple[str, int]:
-        return frame.source, frame.position // self.options.detect_every
+        """Photos get full detection; so does a video's first sampled frame, the first of each
+        block of ``detect_every`` video frames (block k: frames k*K to k*K + K - 1, so at
+        most K frames of the video apart, whatever the sampling: sparse sampling makes every
+        sampled frame a keyframe), and the first frame after a cut."""
+        if frame.media == "image" or frame.previous is None or frame.cut:
+            return True
+        k = self.options.detect_every
+        return frame.index // k != frame.previous // k
 
     def _track(self, frames: list[Frame], faces: list[Faces],
                preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Give the faces of consecutive frames of one video their track ids (and, with
-        --smooth, smooth their predictions); the tracker runs here, in frame order."""
+        """Give the faces of consecutive frames of one video their track ids and shot (and,
+        with --smooth, smooth their predictions); the tracker runs here, in frame order."""
         o = self.options
         if self._tracking is None or self._tracking[0] != frames[0].source or \
                 frames[0].position == 0:
@@ -277,8 +297,12 @@ class Pipeline:
                   if o.smooth else None)
         j = 0
         for frame, det in zip(frames, faces, strict=True):
+            if frame.cut:
+                track.new_shot(state)
+            embeddings = preds["embedding"][j : j + len(det)] if "embedding" in preds else None
             _, det.track_ids = track.update(state, frame.timestamp, det.boxes, det.landmarks,
-                                            det.links)
+                                            det.links, embeddings)
+            det.shot = state.shot
             if values is not None and len(det):
                 values[j : j + len(det)] = track.smooth(state, frame.timestamp, det.track_ids,
                                                         values[j : j + len(det)], o.smooth)
@@ -291,7 +315,7 @@ class Pipeline:
     def _classify(self, job: _Job) -> Results:
         """Wait for a group's faces and start classifying them."""
         return submit_predictions(self.model, job.frames, job.faces.get(),
-                                  self.run_options.batch_size, self.workers)
+                                  self.run_options.batch_size, self.workers, self.embedder)
 
     def _results(self, job: _Job, preds: dict) -> Iterator[Result]:
         """Rows of a classified group, per file, in order."""
@@ -338,7 +362,36 @@ class Pipeline:
         if media == "video":
             run_preds = self._track(run_frames, run_faces, run_preds)
         rows = to_rows(self.model, run_frames, run_faces, run_preds, self.options.keep_empty)
+        if self.embedder is not None and media == "image" and rows.num_rows:
+            rows = _batch(persons.assign(pa.Table.from_batches([rows]), media,
+                                         self.options.person_threshold))
         return Result(source, media, rows, frames=len(run_frames))
+
+    def with_persons(self, results: Iterable[Result]) -> Iterator[Result]:
+        """--persons: a video's rows are held until its last frame, when its tracks are linked
+        into persons (cage_cli.annotation.persons); its pieces before carry only their frame
+        counts (progress). Other results pass unchanged."""
+        held: dict[str, list[pa.RecordBatch]] = {}
+        for r in results:
+            if self.embedder is None or r.media != "video" or r.detections is not None:
+                yield r
+                continue
+            if r.rows is not None and r.rows.num_rows:
+                held.setdefault(r.source, []).append(r.rows)
+            if not r.done:
+                yield replace(r, rows=None)
+                continue
+            parts = held.pop(r.source, [])
+            if parts:
+                table = persons.assign(pa.Table.from_batches(parts), r.media,
+                                       self.options.person_threshold)
+                yield Result(r.source, r.media, _batch(table))
+            yield r
+
+
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    """A table with rows as one record batch."""
+    return table.combine_chunks().to_batches()[0]
 
 
 def annotate(inputs: Iterable[str], options: AnnotateOptions = AnnotateOptions(),

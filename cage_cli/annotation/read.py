@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..schema import SCHEMA
+from ..schema import CSV_SCHEMA, EMBEDDING_TYPE, SCHEMA
 from .store import UriPath
 from .write import META_KEY, OutputError, arrow_source, output_location, read_footer
 
@@ -39,10 +39,16 @@ def read_annotations(path: str | Path | UriPath) -> pa.Table:
             rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
         elif p.suffix.lower() == ".csv":
-            opts = pacsv.ConvertOptions(column_types=SCHEMA, include_columns=SCHEMA.names,
+            # Columns of a later schema version are null in an older file's rows.
+            opts = pacsv.ConvertOptions(column_types=CSV_SCHEMA, include_columns=SCHEMA.names,
+                                        include_missing_columns=True,
                                         strings_can_be_null=True)  # empty cell = null
             source = p.fs.open_input_stream(p.path) if isinstance(p, UriPath) else p
-            table = pacsv.read_csv(source, convert_options=opts).cast(SCHEMA)
+            table = pacsv.read_csv(source, convert_options=opts)
+            for f in SCHEMA:
+                if not f.nullable and table.column(f.name).null_count:
+                    raise OutputError(f"{p}: not a cage annotation file (no column {f.name})")
+            table = _from_csv(table)
         else:
             table = pq.read_table(**arrow_source(p), schema=SCHEMA)
     except OutputError:
@@ -50,6 +56,16 @@ def read_annotations(path: str | Path | UriPath) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError, json.JSONDecodeError, KeyError, OSError) as e:
         raise OutputError(f"{p}: not a cage annotation file ({str(e).splitlines()[0]})") from None
     return table.replace_schema_metadata(SCHEMA.metadata)
+
+
+def _from_csv(table: pa.Table) -> pa.Table:
+    """A CSV output's table with ``embedding`` back as lists of float32 (write.csv_batch)."""
+    i = table.schema.get_field_index("embedding")
+    if i >= 0 and pa.types.is_string(table.schema.field(i).type):
+        values = [None if v is None else [float(x) for x in v.split()]
+                  for v in table.column(i).to_pylist()]
+        table = table.set_column(i, "embedding", pa.array(values, EMBEDDING_TYPE))
+    return table.cast(SCHEMA)
 
 
 def read_run_info(path: str | Path | UriPath) -> list[dict]:

@@ -35,6 +35,10 @@ from .write import (
     write_json_atomic,
 )
 
+#: The run metadata names at most this many of the files left out as not media (all are
+#: counted in ``files_skipped``).
+MAX_SKIPPED_LISTED = 1000
+
 
 @dataclass
 class Summary:
@@ -283,7 +287,9 @@ def annotate_to(
                 {"source": s, "error": e["error"]}
                 for s, e in read_done(folder, parts).sources.items() if e.get("error")
             ]
-            info.update(finished=_now(), errors=all_errors, files_skipped=summary.files_skipped)
+            info.update(finished=_now(), errors=all_errors, files_skipped=summary.files_skipped,
+                        skipped=[{"source": p, "reason": why}
+                                 for p, why in found.skipped[:MAX_SKIPPED_LISTED]])
             write_json_atomic(manifest, info)
             if final is not None:
                 merge_parts(part_files, final, kind, info)

@@ -8,7 +8,8 @@ ties, greedily, best pair first; a face that matches no track starts a new one. 
 each face carries a *link* to the keyframe face it was followed from, and takes that face's id. A
 track unseen for more than ``gap`` seconds of video time is dead: a face after that gets a new id.
 Faces are not matched by appearance (no face embedding), so a person who leaves for longer than the
-gap comes back under a new id.
+gap comes back under a new id. A cut (a shot change, cage_cli.annotation.shots) ends every track
+(``new_shot``): no id carries over onto the next shot.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.
@@ -25,6 +26,11 @@ import numpy as np
 MIN_IOU = 0.3
 #: weight of the landmark distance (in box heights) against IoU when ranking pairs
 LANDMARK_WEIGHT = 0.1
+#: --persons: a keyframe face whose descriptor is further than this (Euclidean,
+#: cage_cli.annotation.embed) from the mean of its track's is someone else, whatever the boxes
+#: say. Measured on ../shared/identity (docs/persons.md): a face is at most 0.38 from its own
+#: person's mean, two people's faces at least 0.54 apart.
+APPEARANCE_GATE = 0.5
 
 
 @dataclass
@@ -37,6 +43,8 @@ class Track:
     velocity: list[float]  # of x1, y1, x2, y2, pixels per second
     landmarks: list[float]  # 10 values (x, y per point), or NaN
     smoothed: list[float] | None = None  # --smooth: the running averages
+    embedding: np.ndarray | None = None  # --persons: mean descriptor of its keyframe faces
+    embedded: int = 0  # faces in that mean
 
 
 @dataclass
@@ -47,13 +55,23 @@ class TrackState:
     next_id: int = 0
     tracks: list[Track] = field(default_factory=list)
     keyframe: list[int] = field(default_factory=list)  # ids of the last keyframe's faces
+    shot: int = 0  # cuts so far in this video
+
+
+def new_shot(state: TrackState) -> None:
+    """A cut: every track ends (the next faces get new ids) and the shot number goes up."""
+    state.tracks, state.keyframe = [], []
+    state.shot += 1
 
 
 def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np.ndarray,
-           links: np.ndarray | None = None) -> tuple[TrackState, np.ndarray]:
+           links: np.ndarray | None = None, embeddings: np.ndarray | None = None
+           ) -> tuple[TrackState, np.ndarray]:
     """Ids (K,) int32 for one frame's faces: ``boxes`` (K, 4), ``landmarks`` (K, 5, 2) and
     ``links``: None on a keyframe; between keyframes (K,), the index of the keyframe face
-    each face was followed from. ``state`` is updated in place."""
+    each face was followed from. ``embeddings`` (K, D; --persons, keyframes): a face is not
+    matched to a track whose last descriptor is further than APPEARANCE_GATE from its own.
+    ``state`` is updated in place."""
     state.tracks = [t for t in state.tracks if timestamp - t.time <= state.gap]
     live = {t.id: t for t in state.tracks}
     n = len(boxes)
@@ -69,7 +87,7 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
         for t in free:
             box = _predict(t, timestamp)
             overlap = float(box_iou(boxes[i], box)[0, 0])
-            if overlap >= MIN_IOU:
+            if overlap >= MIN_IOU and not _looks_different(embeddings, i, t):
                 pairs.append((overlap - LANDMARK_WEIGHT * _distance(landmarks[i], t, box),
                               int(i), t.id))
     taken: set[int] = set()
@@ -87,8 +105,11 @@ def update(state: TrackState, timestamp: float, boxes: np.ndarray, landmarks: np
         marks = [float(v) for v in np.asarray(landmarks[i], np.float64).reshape(-1)]
         t = live.get(tid)
         if t is None:
-            state.tracks.append(Track(tid, timestamp, box, [0.0] * 4, marks))
+            t = Track(tid, timestamp, box, [0.0] * 4, marks)
+            state.tracks.append(t)
+            _remember(embeddings, i, t)
             continue
+        _remember(embeddings, i, t)
         dt = timestamp - t.time
         if dt > 0:
             t.velocity = [(a - b) / dt for a, b in zip(box, t.box, strict=True)]
@@ -115,6 +136,19 @@ def smooth(state: TrackState, timestamp: float, ids: np.ndarray, values: np.ndar
             out[i] = np.where(np.isnan(old), out[i], mixed)
         t.smoothed = [timestamp, *out[i].tolist()]
     return out.astype(np.asarray(values).dtype)
+
+
+def _looks_different(embeddings: np.ndarray | None, i: int, t: Track) -> bool:
+    if embeddings is None or t.embedding is None or np.isnan(embeddings[i]).any():
+        return False
+    return float(np.linalg.norm(embeddings[i] - t.embedding)) > APPEARANCE_GATE
+
+
+def _remember(embeddings: np.ndarray | None, i: int, t: Track) -> None:
+    if embeddings is not None and not np.isnan(embeddings[i]).any():
+        e = np.asarray(embeddings[i], np.float64)
+        t.embedded += 1
+        t.embedding = e if t.embedding is None else t.embedding + (e - t.embedding) / t.embedded
 
 
 def _predict(t: Track, timestamp: float) -> list[float]:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..schema import SCHEMA
+from ..schema import CSV_SCHEMA, SCHEMA
 from .pipeline import Result
 from .store import UriPath, is_uri, one_line, redact, uri_path
 
@@ -301,9 +301,9 @@ def merge_parts(parts: list[Path | UriPath], final: Path | UriPath, fmt: str,
                     w.write_batch(batch)
                     rows += batch.num_rows
         elif fmt == "csv":
-            with pacsv.CSVWriter(tmp, SCHEMA) as w:
+            with pacsv.CSVWriter(tmp, CSV_SCHEMA) as w:
                 for batch in _batches(parts):
-                    w.write_batch(batch)
+                    w.write_batch(csv_batch(batch))
                     rows += batch.num_rows
         else:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -316,6 +316,15 @@ def merge_parts(parts: list[Path | UriPath], final: Path | UriPath, fmt: str,
         tmp.unlink(missing_ok=True)
         raise
     return rows
+
+
+def csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch as CSV holds it: ``embedding`` as text, its values separated by spaces, each
+    with the 9 digits that give the float32 back (cage_cli.annotation.read reads it)."""
+    i = SCHEMA.get_field_index("embedding")
+    text = [None if v is None else " ".join(format(x, ".9g") for x in v)
+            for v in batch.column(i).to_pylist()]
+    return batch.set_column(i, CSV_SCHEMA.field(i), pa.array(text, pa.string()))
 
 
 def _batches(parts: list[Path | UriPath]) -> Iterator[pa.RecordBatch]:

@@ -37,7 +37,9 @@ class ReviewSummary:
     confirmed: int = 0  # ok, or the machine's label written out
     rejected: int = 0
     restored: int = 0  # earlier rejected, now given a label again
-    unchanged: int = 0  # empty reviewed_label
+    unchanged: int = 0  # rows with an empty reviewed_label
+    changed: int = 0  # crops whose label or rejection this sheet changed
+    unanswered: int = 0  # crops of the dataset without an answer in this sheet
     splits: dict[str, int] = field(default_factory=dict)
 
 
@@ -106,23 +108,10 @@ def apply_review(review_csv: str | Path, dataset: str | Path) -> ReviewSummary:
         if kind == "none":
             s.unchanged += 1
             continue
-        if kind == "reject":
-            s.rejected += 1
-            r["rejected"] = True
-            continue
-        if r["rejected"]:
-            s.restored += 1
-        r["rejected"] = False
-        if kind == "ok":
-            s.confirmed += 1
-        else:
-            if EXPRESSIONS[c] != r["machine_label"]:
-                s.relabelled += 1
-            else:
-                s.confirmed += 1
-            r["label"] = EXPRESSIONS[c]
-            r["expression"] = c
-        r["label_source"] = "human"
+        before = (r["label"], r["label_source"], r["rejected"])
+        _decide(r, kind, c, s)
+        s.changed += (r["label"], r["label_source"], r["rejected"]) != before
+    s.unanswered = len(rows) - (len(decisions) - s.unchanged)
     info = json.loads(marker.read_text())
     splits = list(info.get("labels") or sorted({r["split"] for r in rows}))
     write_manifest(mpath, rows)
@@ -130,12 +119,33 @@ def apply_review(review_csv: str | Path, dataset: str | Path) -> ReviewSummary:
     info.setdefault("reviews", []).append({
         "sheet": str(rp.resolve()), "applied": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": s.rows, "relabelled": s.relabelled, "confirmed": s.confirmed,
-        "rejected": s.rejected, "restored": s.restored})
+        "rejected": s.rejected, "restored": s.restored, "changed": s.changed})
     info["counts"]["splits_after_review"] = s.splits
     tmp = marker.with_name(MARKER + ".tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, marker)
     return s
+
+
+def _decide(r: dict, kind: str, c: int | None, s: ReviewSummary) -> None:
+    """Apply one answer (reject | ok | label) to a manifest row, counting it in ``s``."""
+    if kind == "reject":
+        s.rejected += 1
+        r["rejected"] = True
+        return
+    if r["rejected"]:
+        s.restored += 1
+    r["rejected"] = False
+    if kind == "ok":
+        s.confirmed += 1
+    else:
+        if EXPRESSIONS[c] != r["machine_label"]:
+            s.relabelled += 1
+        else:
+            s.confirmed += 1
+        r["label"] = EXPRESSIONS[c]
+        r["expression"] = c
+    r["label_source"] = "human"
 
 
 def _review_key(r: dict[str, str], dataset: Path) -> str:
@@ -159,7 +169,10 @@ def print_review_summary(console, s: ReviewSummary) -> None:
     parts = [f"{s.relabelled} relabelled", f"{s.confirmed} confirmed", f"{s.rejected} rejected"]
     if s.restored:
         parts.append(f"{s.restored} restored")
-    parts.append(f"{s.unchanged} not reviewed")
+    answered = s.relabelled + s.confirmed + s.rejected
+    changed = ("" if not answered else " (as before: nothing changed)" if not s.changed
+               else f" ({s.changed} crops changed)")
     sizes = ", ".join(f"{k}.csv {v}" for k, v in s.splits.items())
-    console.print(f"cage: review applied to {s.dataset}: {', '.join(parts)}; now {sizes}",
+    console.print(f"cage: review applied to {s.dataset}: {', '.join(parts)}{changed}; "
+                  f"{s.unanswered} crops without an answer keep their labels; now {sizes}",
                   markup=False, highlight=False, soft_wrap=True)

@@ -6,6 +6,8 @@ A model module defines its network and registers a :class:`ModelConfig`::
 
 ``create_model(name)`` then builds the network, loads the bundled weights (or ``weights=PATH``)
 and returns an :class:`ExpressionModel` that turns face crops into canonical outputs.
+Face-embedding models (``kind="embedding"``) live in the same registry;
+``create_embedding_model(name)`` returns an :class:`EmbeddingModel` (crops in, descriptors out).
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class ModelConfig:
     licence: str = ""
     training_data: str = ""
     card: str = ""  # path of the model card, relative to the repository root
+    #: "expression" (ExpressionModel: classes, valence/arousal) or "embedding"
+    #: (EmbeddingModel: one descriptor of ``embedding_size`` floats per face)
+    kind: str = "expression"
+    embedding_size: int = 0
 
     @property
     def bundled(self) -> bool:
@@ -90,7 +96,12 @@ class ModelConfig:
 _REGISTRY: dict[str, ModelConfig] = {}
 
 
+KINDS = ("expression", "embedding")
+
+
 def register_model(config: ModelConfig) -> ModelConfig:
+    if config.kind not in KINDS:
+        raise ValueError(f"{config.name}: unknown kind {config.kind!r}")
     if config.name in _REGISTRY:
         raise ValueError(f"model {config.name!r} registered twice")
     unknown = set(config.classes) - set(EXPRESSIONS)
@@ -100,8 +111,9 @@ def register_model(config: ModelConfig) -> ModelConfig:
     return config
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(kind: str | None = "expression") -> list[str]:
+    """Registered model names of one kind ("expression", "embedding"; None: all)."""
+    return sorted(n for n, c in _REGISTRY.items() if kind is None or c.kind == kind)
 
 
 def get_config(name: str) -> ModelConfig:
@@ -109,7 +121,7 @@ def get_config(name: str) -> ModelConfig:
         return _REGISTRY[name]
     except KeyError:
         raise ModelError(
-            f"unknown model {name!r}; available: {', '.join(list_models())}"
+            f"unknown model {name!r}; available: {', '.join(list_models(None))}"
         ) from None
 
 
@@ -139,8 +151,17 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, t
 
 
 def load_state_dict(net: nn.Module, path: Path, name: str) -> None:
-    """Load a torch state dict (weights_only) into ``net``; name missing/unexpected keys."""
+    """Load a torch state dict (weights_only) into ``net``; name missing/unexpected keys.
+    A network with an ``unpack_state_dict`` method turns its compact stored form into its
+    state dict first (faceapi-recognition: face-api's uint8-quantised tensors)."""
     state = read_state_dict(path)
+    unpack = getattr(net, "unpack_state_dict", None)
+    if unpack is not None:
+        try:
+            state = unpack(state)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise ModelError(f"{path} does not fit model {name}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -252,6 +273,9 @@ def create_model(name: str, weights: str | Path | None = None, device: str = "au
                  precision: str = "auto") -> ExpressionModel:
     """Build a registered model with its bundled weights (or ``weights``)."""
     config = get_config(name)
+    if config.kind != "expression":
+        raise ModelError(f"{name} is a face-embedding model, not an expression model; "
+                         f"expression models: {', '.join(list_models())}")
     if config.loader is not None:
         return config.loader(name, weights, device, precision)
     return build_model(config, weights, device, precision)
@@ -260,6 +284,12 @@ def create_model(name: str, weights: str | Path | None = None, device: str = "au
 def build_model(config: ModelConfig, weights: str | Path | None = None, device: str = "auto",
                 precision: str = "auto") -> ExpressionModel:
     """The network of ``config`` with its bundled weights (or ``weights``) loaded."""
+    net, path, dev, dtype = _load(config, weights, device, precision)
+    return ExpressionModel(net, config, sha256_file(path), dev, dtype)
+
+
+def _load(config: ModelConfig, weights: str | Path | None, device: str, precision: str
+          ) -> tuple[nn.Module, Path, torch.device, torch.dtype]:
     name = config.name
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
@@ -273,4 +303,48 @@ def build_model(config: ModelConfig, weights: str | Path | None = None, device: 
     else:
         path = Path(weights)
     load_state_dict(net, path, name)
-    return ExpressionModel(net, config, sha256_file(path), dev, dtype)
+    return net, path, dev, dtype
+
+
+class EmbeddingModel:
+    """A face-embedding network with its config: uint8 crops in, descriptors out."""
+
+    def __init__(self, net: nn.Module, config: ModelConfig, weights_sha256: str | None,
+                 device: torch.device, dtype: torch.dtype = torch.float32):
+        self.net = net.eval().to(device=device, dtype=dtype)
+        self.config = config
+        self.weights_sha256 = weights_sha256
+        self.device = device
+        self.dtype = dtype
+        self._mean = torch.tensor(config.mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(config.std, device=device).view(1, -1, 1, 1)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    normalize = ExpressionModel.normalize
+
+    @torch.inference_mode()
+    def embed(self, crops: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Descriptors (N, embedding_size) float32 of uint8 crops (N, S, S, C), S = input_size."""
+        crops = torch.as_tensor(crops)
+        s = self.config.input_size
+        if crops.ndim != 4 or tuple(crops.shape[1:]) != (s, s, self.config.channels):
+            raise ValueError(f"{self.name} takes (N, {s}, {s}, {self.config.channels}) crops, "
+                             f"got {tuple(crops.shape)}")
+        if not len(crops):
+            return np.zeros((0, self.config.embedding_size), np.float32)
+        return self.net(self.normalize(crops)).float().cpu().numpy()
+
+
+def create_embedding_model(name: str, weights: str | Path | None = None, device: str = "auto",
+                           precision: str = "fp32") -> EmbeddingModel:
+    """Build a registered face-embedding model with its bundled weights (or ``weights``).
+    Errors (unknown model, missing or unreadable weights) are one-line ModelErrors."""
+    config = get_config(name)
+    if config.kind != "embedding":
+        raise ModelError(f"{name} is not a face-embedding model; embedding models: "
+                         f"{', '.join(list_models('embedding'))}")
+    net, path, dev, dtype = _load(config, weights, device, precision)
+    return EmbeddingModel(net, config, sha256_file(path), dev, dtype)

@@ -48,6 +48,11 @@ _VAL_COLS = ("val", "valence")
 _ARO_COLS = ("aro", "arousal")
 _AFFECTNET_BOX = ("face_x", "face_y", "face_width", "face_height")
 _XYXY_BOX = ("x1", "y1", "x2", "y2")
+#: Columns that mark a `cage export` manifest (cage_cli/export/prelabel.py): its x1..y2 are
+#: boxes in the source frames, and its image column names the crop, which is the face.
+_MANIFEST_COLS = ("split", "crop_x1", "crop_y1", "crop_x2", "crop_y2", "rejected")
+#: Rows whose face box does not fit their image are each named in a note, up to this many.
+MAX_ROW_NOTES = 10
 
 
 class DataError(Exception):
@@ -98,6 +103,9 @@ def load_data(path: str | Path, images: str | Path | None = None,
     if not p.exists():
         raise DataError(f"data not found: {p}")
     if p.is_file():
+        if p.suffix.lower() == ".parquet" and (p.parent / "export.json").is_file():
+            raise DataError(f"{p}: a `cage export` manifest in Parquet; pass the export's "
+                            f"labels CSV (e.g. {_labels_csvs(p.parent)}) instead")
         if p.suffix.lower() not in (".csv", ".txt"):
             raise DataError(f"{p}: expected a CSV file or a folder (see docs/training.md)")
         data = _read_csv(p, Path(images) if images else p.parent)
@@ -140,15 +148,25 @@ def _read_csv(path: Path, root: Path) -> FaceData:
                             f"({', '.join(_CLASS_COLS)}) and/or valence/arousal "
                             f"(found: {', '.join(header)})")
         box_cols = None
-        if all(c in cols for c in _AFFECTNET_BOX):
+        manifest = all(c in cols for c in _MANIFEST_COLS)
+        if manifest:
+            pass  # the crop files are the faces; x1..y2 are source-frame boxes
+        elif all(c in cols for c in _AFFECTNET_BOX):
             box_cols = ("xywh", [cols[c] for c in _AFFECTNET_BOX])
         elif all(c in cols for c in _XYXY_BOX):
             box_cols = ("xyxy", [cols[c] for c in _XYXY_BOX])
         number = path_col == cols.get("number")
         samples: list[Sample] = []
-        not_expression = va_out = line_count = 0
+        lines: list[int] = []
+        not_expression = va_out = line_count = rejected = 0
+        splits: set[str] = set()
         for line, row in enumerate(reader, start=2):
             line_count += 1
+            if manifest:
+                splits.add((row.get(cols["split"]) or "").strip())
+                if (row.get(cols["rejected"]) or "").strip().lower() in ("true", "1", "yes"):
+                    rejected += 1
+                    continue
             raw = (row.get(path_col) or "").strip()
             if not raw:
                 raise DataError(f"{path}:{line}: empty image path")
@@ -174,7 +192,15 @@ def _read_csv(path: Path, root: Path) -> FaceData:
                     x, y, w, h = vals
                     box = (x, y, x + w, y + h) if box_cols[0] == "xywh" else (x, y, w, h)
             samples.append(Sample(str(root / rel), label, v, a, box))
+            lines.append(line)
     notes = []
+    if manifest:
+        notes.append(f"{path.name} is a `cage export` manifest: each crop in its image column "
+                     "is read as the face (its x1..y2 are boxes in the source frames, not "
+                     f"used), all splits together ({', '.join(sorted(splits)) or 'none'}); "
+                     f"one split's labels: {_labels_csvs(path.parent)}")
+        if rejected:
+            notes.append(f"{rejected} rows rejected in review left out")
     if line_count == 0:
         notes.append(_no_rows(path))
     if not_expression:
@@ -184,7 +210,64 @@ def _read_csv(path: Path, root: Path) -> FaceData:
         notes.append(f"{va_out} rows with valence/arousal outside [-1, 1] (AffectNet's -2 = "
                      "not annotated): their valence/arousal is ignored")
     _check_files(samples, f"listed in {path}", f"paths are relative to {root}; see --images")
+    if box_cols is not None:
+        samples = _boxes_that_fit(samples, lines, path, notes)
     return FaceData(samples, str(path), "csv", notes)
+
+
+def _labels_csvs(folder: Path) -> str:
+    """The labels CSVs of a `cage export` dataset, from its export.json (or the usual name)."""
+    try:
+        names = list(json.loads((folder / "export.json").read_text())["labels"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = []
+    return ", ".join(str(folder / n) for n in names) or str(folder / "labels.csv")
+
+
+def box_problem(box: tuple[float, float, float, float], width: int, height: int) -> str | None:
+    """Why a face box cannot be cut from a ``width`` x ``height`` image, or None if it can
+    (a box partly outside is fine: the outside is padded, as at a frame's edge)."""
+    x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box):
+        return "is not finite"
+    if x2 <= x1 or y2 <= y1:
+        return "is empty (x2 <= x1 or y2 <= y1)"
+    if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
+        return f"lies outside the {width} x {height} image"
+    return None
+
+
+def _boxes_that_fit(samples: list[Sample], lines: list[int], path: Path,
+                    notes: list[str]) -> list[Sample]:
+    """Leave out (and name in ``notes``) the rows whose box does not fit their image; each
+    image's size comes from its header (about 0.1 ms a row), before any training starts."""
+    from PIL import Image
+
+    keep, bad = [], 0
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for s, line in zip(samples, lines, strict=True):
+        if s.box is None:
+            keep.append(s)
+            continue
+        if s.path not in sizes:
+            try:
+                with Image.open(s.path) as im:
+                    sizes[s.path] = im.size
+            except Exception:  # noqa: BLE001 - unreadable: reported when it is loaded
+                sizes[s.path] = None
+        size = sizes[s.path]
+        why = box_problem(s.box, *size) if size else None
+        if why is None:
+            keep.append(s)
+            continue
+        bad += 1
+        if bad <= MAX_ROW_NOTES:
+            box = ", ".join(f"{v:g}" for v in s.box)
+            notes.append(f"{path}:{line}: face box ({box}) {why} of {s.path}; row left out")
+    if bad > MAX_ROW_NOTES:
+        notes.append(f"{bad - MAX_ROW_NOTES} more rows whose face box does not fit their image "
+                     "left out")
+    return keep
 
 
 def _no_rows(path: Path) -> str:

@@ -183,7 +183,12 @@ def _media_files(folder: Path) -> list[Path]:
 
 
 def _out_name(path: Path, media: str) -> str:
-    return path.stem + ".mp4" if media == "video" and path.suffix.lower() != ".mp4" else path.name
+    """The rendered copy's name: videos as .mp4; photos in their own format where Pillow
+    writes it, else as .jpg (HEIC, or a file without an extension)."""
+    if media == "video":
+        return path.stem + ".mp4" if path.suffix.lower() != ".mp4" else path.name
+    writes = Image.registered_extensions().get(path.suffix.lower()) in Image.SAVE
+    return path.name if writes else path.stem + ".jpg"
 
 
 def plan(table: pa.Table, annotations: str, source: str | None, output: str,

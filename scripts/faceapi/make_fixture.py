@@ -70,12 +70,13 @@ def detect(mtcnn, frame: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def run_node(files: list[Path], out_json: Path, node_path: Path | None) -> dict:
+def run_node(files: list[Path], out_json: Path, node_path: Path | None,
+             options: list[str] | None = None) -> dict:
     env = dict(os.environ)
     if node_path is not None:
         env["NODE_PATH"] = str(node_path)
-    subprocess.run(["node", str(RUNNER), "--out", str(out_json), *map(str, files)],
-                   check=True, env=env)
+    subprocess.run(["node", str(RUNNER), "--out", str(out_json), *(options or []),
+                    *map(str, files)], check=True, env=env)
     return json.loads(out_json.read_text())
 
 

@@ -3,9 +3,13 @@
  * Reference run of face-api.js's FaceExpressionNet (@vladmandic/face-api, tfjs cpu backend),
  * fully offline, on face crops stored as .npy files. Used to check the PyTorch port in
  * cage_cli/models/faceapi.py (see scripts/convert_faceapi_expression.py for the whole recipe).
+ * With --net recognition it runs FaceRecognitionNet instead (150x150 input, the same padding,
+ * resize and mean subtraction) and writes `descriptors` (128 floats per crop), the reference for
+ * cage_cli/models/faceapi_recognition.py (scripts/convert_faceapi_recognition.py).
  *
  *   cd scripts/faceapi && npm ci
- *   node run_reference.js --out probs.json [--dump-input input.npy] crops.npy [more.npy ...]
+ *   node run_reference.js --out probs.json [--net expression|recognition]
+ *        [--dump-input input.npy] crops.npy [more.npy ...]
  *
  * Each .npy holds uint8 RGB crops: (N, H, W, 3) or one (H, W, 3) crop. Every crop goes through
  * face-api's own FaceExpressionNet.forwardInput: NetInput.toBatchTensor(112, true) (centred
@@ -63,19 +67,25 @@ function writeNpyFloat32(file, shape, values) {
 // ---- arguments -------------------------------------------------------------------------------
 
 function parseArgs(argv) {
-  const args = { out: null, dumpInput: null, modelDir: null, batch: 16, inputs: [] };
+  const args = {
+    out: null, dumpInput: null, modelDir: null, batch: 16, net: 'expression', inputs: [],
+  };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     if (a === '--out') args.out = argv[++i];
     else if (a === '--dump-input') args.dumpInput = argv[++i];
     else if (a === '--model-dir') args.modelDir = argv[++i];
     else if (a === '--batch') args.batch = Number(argv[++i]);
+    else if (a === '--net') args.net = argv[++i];
     else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else args.inputs.push(a);
   }
   if (!args.out || !args.inputs.length) {
     throw new Error('usage: run_reference.js --out OUT.json [--dump-input IN.npy] '
-      + '[--model-dir DIR] [--batch N] crops.npy [...]');
+      + '[--model-dir DIR] [--batch N] [--net expression|recognition] crops.npy [...]');
+  }
+  if (!['expression', 'recognition'].includes(args.net)) {
+    throw new Error(`unknown --net ${args.net} (expression, recognition)`);
   }
   return args;
 }
@@ -93,9 +103,11 @@ async function main() {
 
   const modelDir = args.modelDir
     || path.join(path.dirname(require.resolve('@vladmandic/face-api/package.json')), 'model');
-  const manifest = JSON.parse(fs.readFileSync(
-    path.join(modelDir, 'face_expression_model-weights_manifest.json'), 'utf8',
-  ));
+  const recognition = args.net === 'recognition';
+  const size = recognition ? 150 : 112;
+  const manifestName = recognition ? 'face_recognition_model-weights_manifest.json'
+    : 'face_expression_model-weights_manifest.json';
+  const manifest = JSON.parse(fs.readFileSync(path.join(modelDir, manifestName), 'utf8'));
   const specs = [];
   const shards = [];
   for (const group of manifest) {
@@ -106,7 +118,7 @@ async function main() {
   const weightMap = tf.io.decodeWeights(
     bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength), specs,
   );
-  const net = new faceapi.FaceExpressionNet();
+  const net = recognition ? new faceapi.FaceRecognitionNet() : new faceapi.FaceExpressionNet();
   net.loadFromWeightMap(weightMap);
 
   // Every crop as one int32 Tensor3D, the way face-api's tensor inputs look.
@@ -128,14 +140,21 @@ async function main() {
 
   const logits = [];
   const probabilities = [];
-  const dumped = args.dumpInput ? new Float32Array(crops.length * 112 * 112 * 3) : null;
+  const descriptors = [];
+  const dumped = args.dumpInput ? new Float32Array(crops.length * size * size * 3) : null;
   for (let start = 0; start < crops.length; start += args.batch) {
     const chunk = crops.slice(start, start + args.batch);
     const netInput = await faceapi.toNetInput(chunk);
     if (dumped) {
-      const batch = netInput.toBatchTensor(112, true);
-      dumped.set(batch.dataSync(), start * 112 * 112 * 3);
+      const batch = netInput.toBatchTensor(size, true);
+      dumped.set(batch.dataSync(), start * size * size * 3);
       batch.dispose();
+    }
+    if (recognition) {
+      const d = net.forwardInput(netInput); // (batch, 128), what computeFaceDescriptor returns
+      descriptors.push(...d.arraySync());
+      d.dispose();
+      continue;
     }
     const lg = net.runNet(netInput); // fc output, before softmax
     const pr = net.forwardInput(netInput); // face-api's softmax probabilities
@@ -146,14 +165,14 @@ async function main() {
   }
   crops.forEach((t) => t.dispose());
 
-  if (dumped) writeNpyFloat32(args.dumpInput, [crops.length, 112, 112, 3], dumped);
+  if (dumped) writeNpyFloat32(args.dumpInput, [crops.length, size, size, 3], dumped);
   const result = {
-    labels: faceapi.FACE_EXPRESSION_LABELS,
+    net: args.net,
     backend: tf.getBackend(),
     versions: { faceapi: faceapi.version, tfjs: tf.version_core },
     inputs: args.inputs.map((f) => path.basename(f)),
-    logits,
-    probabilities,
+    ...(recognition ? { descriptors }
+      : { labels: faceapi.FACE_EXPRESSION_LABELS, logits, probabilities }),
   };
   fs.writeFileSync(args.out, JSON.stringify(result));
   console.log(`${crops.length} crops -> ${args.out} (backend ${result.backend}, face-api ${result.versions.faceapi}, tfjs ${result.versions.tfjs})`);
