@@ -659,7 +659,7 @@ class RayPipeline:
         #: keys of its tasks in the progress reports)
         running: dict = {}
         task_nodes: dict[str, set[str]] = {}  # task key -> the nodes it was seen running on
-        nodes_alive: dict[str, str] = {}  # node id -> its address, for nodes seen alive
+        nodes_watch: dict = {}  # what _lost_nodes saw at its last look
         polled = 0.0
 
         def delta(source: str, frames: int, faces: int, finished: bool = False,
@@ -700,7 +700,7 @@ class RayPipeline:
                     taken = progress.take.remote()
                 if time.monotonic() - polled > 2:
                     polled = time.monotonic()
-                    self._lost_nodes(nodes_alive, task_nodes, running)
+                    self._lost_nodes(nodes_watch, task_nodes, running)
                 for ref in ready:
                     batch = running.pop(ref)[0]
                     try:
@@ -737,27 +737,49 @@ class RayPipeline:
             if started:
                 ray.shutdown()
 
-    def _lost_nodes(self, alive: dict[str, str], task_nodes: dict[str, set[str]],
+    def _lost_nodes(self, watch: dict, task_nodes: dict[str, set[str]],
                     running: dict) -> None:
-        """One line for each node that was alive at the last look and is not now: how many
-        of this run's tasks were running on it (Ray retries them)."""
+        """One line for each node lost since the last look: one that the cluster no longer
+        lists as alive, or (sooner: Ray marks a node dead only after its health checks fail,
+        which can take longer than the run) one of this run's nodes whose raylet does not
+        answer any more. Says how many of this run's tasks were running on it."""
         import ray
 
         try:
             nodes = ray.nodes()
         except Exception:  # noqa: BLE001 - the GCS busy or unreachable: look again later
             return
-        now = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive")}
-        for node, address in alive.items():
-            if node in now:
+        alive, reported = watch.setdefault("alive", {}), watch.setdefault("reported", set())
+        now = {n["NodeID"]: (n.get("NodeManagerAddress", "?"), n.get("NodeManagerPort", 0))
+               for n in nodes if n.get("Alive")}
+        used = set().union(*task_nodes.values())
+        lost = [node for node in alive if node not in now]
+        lost += [node for node, where in now.items() if node in used and not _answers(*where)]
+        for node in dict.fromkeys(lost):
+            if node in reported:
                 continue
+            reported.add(node)
             keys = {k for _, _, _, ks in running.values() for k in ks}
             n = sum(node in task_nodes.get(k, ()) for k in keys)
+            address = (alive.get(node) or now.get(node) or ("?",))[0]
             self.log(f"cage: a Ray node was lost ({address}, node {node[:8]}): "
                      f"{n} task{'s' if n != 1 else ''} of this run retried elsewhere; "
                      f"Ray's messages are in {log_path(self.ray_options)}")
         alive.clear()
         alive.update(now)
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether a raylet listens at host:port (a refused or timed-out connection: no)."""
+    import socket
+
+    if not port:
+        return True  # not known: the cluster's word only
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def drop_duplicates(folder: Path | UriPath) -> list[Path | UriPath]:
