@@ -744,6 +744,7 @@ class RayPipeline:
         which can take longer than the run) one of this run's nodes whose raylet does not
         answer any more. Says how many of this run's tasks were running on it."""
         import ray
+        from ray.util.client import ray as client
 
         try:
             nodes = ray.nodes()
@@ -752,7 +753,8 @@ class RayPipeline:
         alive, reported = watch.setdefault("alive", {}), watch.setdefault("reported", set())
         now = {n["NodeID"]: (n.get("NodeManagerAddress", "?"), n.get("NodeManagerPort", 0))
                for n in nodes if n.get("Alive")}
-        used = set().union(*task_nodes.values())
+        # Through Ray Client (ray://) the nodes' own addresses may not be reachable from here.
+        used = set() if client.is_connected() else set().union(*task_nodes.values())
         lost = [node for node in alive if node not in now]
         lost += [node for node, where in now.items() if node in used and not _answers(*where)]
         for node in dict.fromkeys(lost):
