@@ -7,6 +7,7 @@ a local run's rows. Ports 6470-6499; every process started is stopped by its id.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class Cluster:
             except psutil.Error:
                 pass
         psutil.wait_procs(procs, timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def driver(self, out: str, *extra: str, token: bool = True, home: Path | None = None,
                tmp: Path | None = None) -> subprocess.Popen:
