@@ -417,7 +417,8 @@ def annotate(
                 on_start=progress.start, on_result=progress.update,
                 log=progress.log, part_seconds=part_seconds,
                 ray=RayOptions(address=ray_address, segment_frames=ray_segment_frames or None,
-                               classify_actors=ray_gpu_actors) if ray else None,
+                               classify_actors=ray_gpu_actors, events=not quiet)
+                if ray else None,
             )
     except (OutputError, ModelError) as e:
         fail(str(e), getattr(e, "exit_code", 2))

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -144,25 +145,43 @@ def test_worker_killed_mid_input(ray_address: str, local: pa.Table, tmp_path: Pa
 
 @needs_ray
 def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Path) -> None:
-    """With no retries left, the inputs of a killed task are failed (exit 1), not lost
-    silently; the other inputs' rows are kept."""
+    """With no retries left, the inputs of a killed task are failed (exit 1) with a one-line
+    reason, not lost silently; the other inputs' rows are kept, and --resume completes the
+    run with a local run's rows."""
     from cage_cli.annotation.cluster import RayOptions
     from cage_cli.annotation.decode import Sampling
     from cage_cli.annotation.pipeline import AnnotateOptions
     from cage_cli.annotation.runner import annotate_to
+    from cage_cli.annotation.write import read_done
 
     options = AnnotateOptions(sampling=Sampling(max_frames=24))
-    inputs, out = [str(INTERVIEW), str(SINGLE)], str(tmp_path / "o.parquet")
+    inputs, out = [str(INTERVIEW), str(SINGLE)], f"{tmp_path}/ds/"
     killed: list[int] = []
-    killer = threading.Thread(target=kill_one, args=(killed,))
+
+    def kill_interview() -> None:  # once the photo's part is committed, the video's task
+        deadline = time.monotonic() + 120
+        while (not list(Path(out).glob("part-*.parquet")) or len(worker_pids()) != 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in worker_pids():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_interview)
     killer.start()
     s = annotate_to(inputs, out, options, ray=RayOptions(max_retries=0), log=lambda _: None)
     killer.join()
     assert killed
     assert s.exit_code == 1 and s.files_failed == 1
     assert s.errors[0]["source"] == str(INTERVIEW)
-    assert s.errors[0]["error"].startswith("Ray task failed after 0 retries")
-    assert {r for r in read(Path(out))["source"].to_pylist()} == {str(SINGLE)}
+    assert s.errors[0]["error"] == "Ray task failed after 0 retries: WorkerCrashedError"
+    assert set(read_done(Path(out)).sources) == {str(SINGLE)}  # the finished input's rows
+    # --resume does the rest: a local run's rows.
+    s = annotate_to(inputs, out, options, ray=RayOptions(), resume=True, log=lambda _: None)
+    assert s.exit_code == 0 and s.files_resumed == 1 and s.files_ok == 1
+    annotate_to(inputs, str(tmp_path / "local.parquet"), options, log=lambda _: None)
+    assert_same_rows(pa.concat_tables(pq.read_table(p) for p in Path(out).glob("part-*")),
+                     read(tmp_path / "local.parquet"))
 
 
 @needs_ray
@@ -417,3 +436,90 @@ def test_without_ray_exits_2_with_the_install_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip() == "cage: error: --ray needs Ray: pip install 'cage-cli[ray]'"
     assert not (tmp_path / "o.parquet").exists()
+
+
+@needs_ray
+def test_progress_actor_gone(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
+    """The progress actor killed for good mid-run (as when its node is lost): the run goes
+    on with a new one, every input done, a local run's rows."""
+    import ray
+
+    from cage_cli.annotation.cluster import RayOptions, RayPipeline, drop_duplicates
+    from cage_cli.annotation.decode import Sampling
+    from cage_cli.annotation.inputs import discover
+    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+
+    options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
+    pipeline = RayPipeline(options, RunOptions(), RayOptions())
+    pieces, first = [], None
+    for p in pipeline.run(discover([str(MEDIA)]).files, tmp_path, {}):
+        pieces.append(p)
+        if first is None:
+            first = pipeline.progress
+            ray.kill(first, no_restart=True)
+    assert first is not None and pipeline.progress is not first  # replaced
+    assert [p.error for p in pieces if p.done] == [None] * 9
+    assert sum(p.faces for p in pieces) == local.num_rows
+    assert_same_rows(pa.concat_tables(pq.read_table(p) for p in drop_duplicates(tmp_path)),
+                     local)
+
+
+@needs_ray
+def test_classifier_actor_gone(ray_address: str) -> None:
+    """A task's Classifier actors gone (killed, no restart): it classifies its crops itself,
+    with the same model, as a task without actors: the same predictions."""
+    import ray
+    import torch
+
+    from cage_cli.annotation.cluster import ActorModel, Classifier
+    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.models import create_model
+
+    options = AnnotateOptions()
+    model = create_model(options.model, None, "cpu", "fp32")
+    actor = ray.remote(Classifier).options(num_cpus=0).remote(
+        options, RunOptions(threads=1, device="cpu"), 64)
+    size = model.config.input_size
+    crops = torch.randint(0, 256, (5, size, size, model.config.channels), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    want = model.predict(crops)
+    on_actor = ActorModel(model.config, (actor,), (options.model, None))
+    got = on_actor.predict(crops)
+    assert on_actor._local is None  # noqa: SLF001 - the actor answered
+    ray.kill(actor, no_restart=True)
+    bypass = ActorModel(model.config, (actor,), (options.model, None))
+    bypassed = bypass.predict(crops)
+    assert bypass._local is not None  # noqa: SLF001 - classified in the task
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, atol=1e-5)
+        np.testing.assert_allclose(bypassed[k], v, atol=1e-5)
+
+
+def test_upload_temp_of_a_killed_writer_is_removed(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A writer killed during an upload to a URI output (a Ray worker, or a plain run)
+    leaves its local copy in $TMPDIR; the next writer on the machine (the retried task, the
+    next run) removes it, and never the file of a writer still alive."""
+    import tempfile
+
+    from cage_cli.annotation.store import UriPath
+    from cage_cli.annotation.write import remove_stale_temps, temp_for
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    code = ("import os, signal, sys, tempfile; tempfile.tempdir = sys.argv[1]; "
+            "from cage_cli.annotation.store import UriPath; "
+            "from cage_cli.annotation.write import temp_for; "
+            "t = temp_for(UriPath.from_uri(sys.argv[2])); t.write_bytes(b'x' * 1000); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp),
+                        f"file://{tmp_path}/out/part-rayabc-00000.parquet"], timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    [stale] = tmp.glob("cage-*.tmp")
+    assert stale.name.startswith("cage-part-rayabc-00000.parquet.")
+    live = temp_for(UriPath.from_uri(f"file://{tmp_path}/out/x.parquet"))  # this process's
+    assert not stale.exists() and live.exists()  # temp_for removed the dead writer's file
+    r = cage("annotate", SINGLE, "-o", f"file://{tmp_path}/run/")  # the next run
+    assert r.exit_code == 0, r.stderr
+    assert live.exists() and remove_stale_temps() == []
+    assert sorted(tmp.iterdir()) == [live]

@@ -37,9 +37,10 @@ import os
 import queue
 import random
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,6 +64,7 @@ from .write import (
     _fsync_rename,
     arrow_source,
     read_footer,
+    remove_stale_temps,
     temp_for,
 )
 
@@ -90,6 +92,11 @@ class RayOptions:
     classify_actors: bool | None = None
     actors_per_gpu: int = 4  # Classifier actors sharing a GPU (num_gpus 1/4 each)
     actor_batch_size: int = 256  # faces per model call on an actor, at most
+    #: one line per cluster event (a node lost) through annotate_to's log; off under --quiet
+    events: bool = True
+    #: where Ray's own messages go (its C++ log lines, the raylets' error reports), appended;
+    #: None: cage-ray.log in the temporary folder ($TMPDIR, else /tmp)
+    log_file: str | None = None
 
 
 def have_ray() -> bool:
@@ -146,6 +153,104 @@ def task_tag(files: list[MediaFile]) -> str:
     """The part tag of a task: fixed by its inputs, so a retry writes the same names."""
     digest = hashlib.sha1("\n".join(f.path for f in files).encode("utf-8", "surrogateescape"))
     return f"{TAG}{digest.hexdigest()[:16]}"
+
+
+def lost_errors() -> tuple[type[Exception], ...]:
+    """Ray's exceptions for a worker, actor, node or object that is gone or unreachable: a
+    task that raises one is retried (``retry_exceptions``), like a task whose worker died
+    (docs/scaling.md, "Failures", has the whole list and what cage does with each)."""
+    from ray import exceptions as x
+
+    return (x.RayActorError,  # ActorDiedError, ActorUnavailableError
+            x.WorkerCrashedError, x.NodeDiedError, x.LocalRayletDiedError,
+            x.ObjectLostError,  # OwnerDiedError, ObjectFetchTimedOutError, Reconstruction...
+            x.OutOfMemoryError, x.RaySystemError, x.RpcError)
+
+
+def log_path(options: RayOptions) -> Path:
+    """The file Ray's messages go to during a run (RayOptions.log_file)."""
+    import tempfile
+
+    return Path(options.log_file or Path(tempfile.gettempdir()) / "cage-ray.log")
+
+
+@contextlib.contextmanager
+def ray_output_to(path: Path) -> Iterator[None]:
+    """Send what Ray prints in this process into ``path`` (appended) instead of the terminal:
+    file descriptor 2, where Ray's C++ code logs (e.g. ``gcs_client.cc`` retrying), and the
+    raylets' error reports (state dumps of a dead raylet) that Ray's listener thread prints
+    to ``sys.stdout``. ``sys.stderr`` keeps writing to the terminal for cage's own lines."""
+    import ray._private.worker as ray_worker
+
+    sys.stderr.flush()
+    try:
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        log = os.open(os.devnull, os.O_WRONLY)
+    os.write(log, f"--- cage {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n"
+             .encode())
+    saved = os.dup(2)
+    own_stderr = None
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        if sys.stderr.fileno() == 2:  # a real terminal or file: keep it for cage's lines
+            own_stderr = os.fdopen(os.dup(saved), "w", buffering=1,
+                                   encoding=sys.stderr.encoding, errors="backslashreplace")
+    old_stderr, old_print = sys.stderr, ray_worker.print_to_stdstream
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:  # noqa: ARG001 - Ray's signature
+        text = "".join(f"({data.get('pid', 'ray')}) {line}\n" for line in data["lines"])
+        os.write(2, text.encode("utf-8", "backslashreplace"))
+
+    os.dup2(log, 2)
+    os.close(log)
+    if own_stderr is not None:
+        sys.stderr = own_stderr
+    ray_worker.print_to_stdstream = to_log
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = old_print
+        if own_stderr is not None:
+            own_stderr.flush()
+            sys.stderr = old_stderr
+            own_stderr.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_cluster(address: str) -> None:
+    """Fail fast, in one line, where ``ray.init`` would retry for a minute and flood the
+    terminal: a cluster address (host:port of its GCS) that nothing answers on, or a cluster
+    with token authentication that rejects this process's token (or its lack of one)."""
+    import socket
+
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import AuthenticationError
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # not host:port (ray://..., auto): ray.init decides
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise OutputError(f"cannot reach the Ray cluster at {address}: "
+                          f"{e.strerror or type(e).__name__}") from None
+    try:
+        InnerGcsClient.standalone(address, None, 5000)
+    except AuthenticationError:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            raise OutputError(
+                f"the Ray cluster at {address} rejected this machine's authentication token "
+                "(RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token): "
+                "use the cluster's token (`ray get-auth-token` on its head node prints it)"
+            ) from None
+        raise OutputError(
+            f"the Ray cluster at {address} needs its authentication token: set "
+            "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN to the cluster's token (or "
+            "RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token); "
+            "`ray get-auth-token` on the head node prints it") from None
+    except Exception:  # noqa: BLE001, S110 - anything else: ray.init reports it
+        pass
 
 
 # --- worker side -----------------------------------------------------------------------------
@@ -224,12 +329,22 @@ class Classifier:
 class ActorModel:
     """A task's model when faces are classified on the Classifier actors: the model's config
     and name (for cropping and rows, done in the task); ``predict`` asks an actor, one on
-    the task's own node if there is one (crops need not cross the network)."""
+    the task's own node if there is one (crops need not cross the network).
 
-    def __init__(self, config: ModelConfig, actors: tuple):
-        self.config, self.actors = config, actors
+    An actor that is gone or does not answer (its node lost, or restarting where no resources
+    are left) is skipped; with none left, the task classifies itself, on its CPU, with the
+    model loaded from ``model`` (name, weights), as a task without actors does."""
+
+    #: seconds to wait for an actor's answer before classifying in the task instead
+    TIMEOUT = 300.0
+
+    def __init__(self, config: ModelConfig, actors: tuple,
+                 model: tuple[str, str | None] | None = None):
+        self.config, self.actors, self.model = config, actors, model
         self.device = torch.device("cpu")  # the crops are made on the task's CPU
         self._near: list | None = None  # the actors to ask, found at the first call
+        self._gone: set = set()  # actors that failed to answer
+        self._local = None  # the model, loaded here once no actor is left
 
     @property
     def name(self) -> str:
@@ -237,13 +352,36 @@ class ActorModel:
 
     def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
         import ray
+        from ray.exceptions import GetTimeoutError
 
         if self._near is None:
             here = ray.get_runtime_context().get_node_id()
-            nodes = ray.get([a.node.remote() for a in self.actors])
-            self._near = [a for a, n in zip(self.actors, nodes, strict=True) if n == here] \
-                or list(self.actors)
-        return ray.get(random.choice(self._near).predict.remote(crops))
+            nodes = []
+            for a in self.actors:
+                try:
+                    nodes.append(ray.get(a.node.remote(), timeout=60))
+                except (GetTimeoutError, *lost_errors()):
+                    nodes.append(None)
+                    self._gone.add(a)
+            self._near = [a for a, n in zip(self.actors, nodes, strict=True) if n == here]
+        for actor in (*random.sample(self._near, len(self._near)), *self.actors):
+            if actor in self._gone:
+                continue
+            try:
+                return ray.get(actor.predict.remote(crops), timeout=self.TIMEOUT)
+            except (GetTimeoutError, *lost_errors()):
+                self._gone.add(actor)
+        if self._local is None:
+            from ..models import create_model
+
+            name, weights = self.model or (self.config.name, None)
+            self._local = create_model(name, weights, "cpu", "fp32")
+        step = 256
+        return concat([self._local.predict(crops[i : i + step])
+                       for i in range(0, max(len(crops), 1), step)])
+
+    def __getstate__(self) -> dict:  # what goes to a task: no loaded model, no verdicts
+        return {**self.__dict__, "_near": None, "_gone": set(), "_local": None}
 
     def __eq__(self, other: object) -> bool:  # one cached pipeline per pool (_pipeline)
         return isinstance(other, ActorModel) and other.actors == self.actors
@@ -283,6 +421,13 @@ def _pipeline(options: AnnotateOptions, run: RunOptions,
     return Pipeline(options, run)
 
 
+def _node() -> str:
+    """The Ray node this runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def _chdir(cwd: str) -> None:
     if os.getcwd() != cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative input paths mean what they meant on the driver
@@ -295,6 +440,7 @@ def segment_task(file: MediaFile, positions: tuple[int, int | None],
     :class:`~cage_cli.annotation.pipeline.Detections` pieces, then the done piece (with the decode
     error, if any). No rows: the video's ``annotate_task`` tracks the segments in order."""
     _chdir(cwd)
+    progress.report.remote({}, (f"{task_tag([file])}:{positions[0]}", _node()))
     out: list[Result] = []
     frames = faces = 0
     last = 0.0
@@ -338,10 +484,12 @@ def annotate_task(files: list[MediaFile], folder: str | UriPath, tag: str, info:
     committed; reports running counts to ``progress`` meanwhile.
     """
     _chdir(cwd)
+    progress.report.remote({}, (tag, _node()))
     pipeline = _pipeline(options, run, classifier)
     where = Path(folder) if isinstance(folder, str) else folder
     for tmp in where.glob(f".part-{tag}-*.tmp"):  # left by an attempt that died
         tmp.unlink(missing_ok=True)
+    remove_stale_temps()  # an upload's local copy, left by a worker killed on this node
     # One part per task (no time-based commits), so a retry writes the same part names.
     writer = DatasetWriter(where, tag, info, part_rows=2**62, part_seconds=math.inf)
     counts: dict[str, dict] = {}
@@ -372,19 +520,30 @@ class RayPipeline:
 
     Has the :class:`Pipeline` attributes ``annotate_to`` uses: ``model`` (loaded on the CPU
     here, for its checksum and to fail early on a bad model), ``stop`` and ``close``.
+    ``log`` gets one line per cluster event (a node lost), if ``RayOptions.events``.
     """
 
-    def __init__(self, options: AnnotateOptions, run: RunOptions, ray_options: RayOptions):
+    def __init__(self, options: AnnotateOptions, run: RunOptions, ray_options: RayOptions,
+                 log: Callable[[str], None] = lambda line: None):
         from ..models import create_model
 
         self.options, self.run_options, self.ray_options = options, run, ray_options
+        self.log = log if ray_options.events else (lambda line: None)
         self.model = create_model(options.model, options.weights, "cpu", "fp32")
         self.stop = threading.Event()
         self.actor_stats: list[dict[str, int]] = []  # the Classifier actors' of the last run
+        self.progress = None  # the progress actor of the run going on
+        self._started = False  # connect() started Ray or connected: run() shuts it down
 
     def close(self) -> None:
         """Stop handing out tasks (the tasks running finish or are retried on --resume)."""
         self.stop.set()
+
+    def connect(self) -> None:
+        """Connect to the cluster (or start a local Ray) now, before the run: a cluster that
+        cannot be used fails in one line (OutputError) before anything is written."""
+        with ray_output_to(log_path(self.ray_options)):
+            self._started = self._connect() or self._started
 
     def _connect(self) -> bool:
         """Connect to the cluster (or start a local Ray); True if this call did."""
@@ -393,13 +552,15 @@ class RayPipeline:
         if ray.is_initialized():
             return False
         address = self.ray_options.address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            check_cluster(address)
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                      **({} if address else {"include_dashboard": False}))
         except Exception as e:  # noqa: BLE001 - one line, not Ray's traceback
             where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise OutputError(f"cannot start or reach {where}: {e}") from None
+            raise OutputError(f"cannot start or reach {where}: {one_line(e)}") from None
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():  # Ray installs its own; cage's stop cleanly
                 signal.signal(sig, handler)
@@ -423,7 +584,7 @@ class RayPipeline:
                       device=self.run_options.device if gpus else "cpu")
         remote, segment = (ray.remote(f).options(
             num_cpus=cpus, num_gpus=gpus, max_retries=ro.max_retries,
-            retry_exceptions=False) for f in (annotate_task, segment_task))
+            retry_exceptions=list(lost_errors())) for f in (annotate_task, segment_task))
         classifier = None
         if on_actors:  # a few per GPU, or one on a CPU
             n = max(1, int(all_gpus * ro.actors_per_gpu))
@@ -434,7 +595,8 @@ class RayPipeline:
                 max_concurrency=64, max_restarts=ro.max_retries,
                 max_task_retries=ro.max_retries)
             classifier = ActorModel(self.model.config, tuple(
-                actor.remote(self.options, actor_run, ro.actor_batch_size) for _ in range(n)))
+                actor.remote(self.options, actor_run, ro.actor_batch_size) for _ in range(n)),
+                (self.options.model, self.options.weights))
         return remote, segment, run, slots, classifier
 
     def _segments(self, file: MediaFile) -> list[tuple[int, int | None]]:
@@ -452,17 +614,40 @@ class RayPipeline:
 
     def run(self, files: list[MediaFile], folder: Path | UriPath,
             info: dict) -> Iterator[Result]:
+        with ray_output_to(log_path(self.ray_options)):
+            yield from self._run(files, folder, info)
+
+    def _progress_actor(self):  # noqa: ANN202 - a Ray actor handle
+        """The progress actor, on the driver's node if it can (a lost node never takes it
+        away), restarted by Ray if it dies all the same."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        return ray.remote(Progress).options(
+            num_cpus=0, max_restarts=-1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+
+    def _failed(self, error: Exception) -> str:
+        """The one-line reason of an input whose task failed for good."""
+        return f"Ray task failed after {self.ray_options.max_retries} retries: " \
+               f"{type(error).__name__}"
+
+    def _run(self, files: list[MediaFile], folder: Path | UriPath,
+             info: dict) -> Iterator[Result]:
+        import ray
+        from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
         self.stop = threading.Event()
-        started = self._connect()
+        started = self._connect() or self._started
+        self._started = False
         remote, segment, run, slots, classifier = self._task()
         actors = classifier.actors if classifier is not None else ()
         n_photos = sum(f.media == "image" for f in files)
         per_task = max(1, min(self.ray_options.photos_per_task,
                               math.ceil(n_photos / (4 * slots))))
         todo = batches(files, per_task)
-        progress = ray.remote(Progress).options(num_cpus=0).remote()
+        progress = self.progress = self._progress_actor()
         taken = progress.take.remote()
         cwd = os.getcwd()
         where = folder if isinstance(folder, UriPath) else str(folder.resolve())
@@ -470,7 +655,12 @@ class RayPipeline:
         live: dict[str, dict[int, tuple[int, int]]] = {}  # input -> segment -> its counts
         done: set[str] = set()
         media = {f.path: f.media for f in files}
-        running: dict = {}  # the task that commits an input -> (its inputs, tasks it takes)
+        #: the task that commits an input -> (its inputs, tasks it takes, segment tasks, the
+        #: keys of its tasks in the progress reports)
+        running: dict = {}
+        task_nodes: dict[str, set[str]] = {}  # task key -> the nodes it was seen running on
+        nodes_watch: dict = {}  # what _lost_nodes saw at its last look
+        polled = 0.0
 
         def delta(source: str, frames: int, faces: int, finished: bool = False,
                   error: str | None = None) -> Counted:
@@ -481,54 +671,117 @@ class RayPipeline:
 
         try:
             while (todo or running) and not self.stop.is_set():
-                while todo and sum(n for _, n, _ in running.values()) < 2 * slots:
+                while todo and sum(n for _, n, _, _ in running.values()) < 2 * slots:
                     batch = todo.pop(0)
+                    tag, cuts = task_tag(batch), self._segments(batch[0])
                     parts = [segment.remote(batch[0], p, self.options, run, classifier, cwd,
-                                            progress) for p in self._segments(batch[0])]
-                    ref = remote.remote(batch, where, task_tag(batch), info, self.options, run,
+                                            progress) for p in cuts]
+                    ref = remote.remote(batch, where, tag, info, self.options, run,
                                         classifier, cwd, progress, *parts)
-                    running[ref] = (batch, max(1, len(parts)), parts)
+                    running[ref] = (batch, max(1, len(parts)), parts,
+                                    [tag, *(f"{tag}:{p[0]}" for p in cuts)])
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
                 if not ray.wait([taken], timeout=0)[1]:  # never wait for the progress actor
-                    for (source, part), counts in ray.get(taken).items():
+                    try:
+                        counts, nodes = ray.get(taken)
+                    except RayError as e:  # gone or restarting: the counts come at the end
+                        counts, nodes = {}, {}
+                        if isinstance(e, ActorDiedError):  # for good: a new one, new tasks
+                            progress = self.progress = self._progress_actor()
+                    for key, node in nodes.items():
+                        task_nodes.setdefault(key, set()).add(node)
+                    for (source, part), c in counts.items():
                         if source in done:
                             continue
-                        live.setdefault(source, {})[part] = counts
+                        live.setdefault(source, {})[part] = c
                         frames, faces = map(sum, zip(*live[source].values(), strict=True))
                         if (frames, faces) != seen.get(source, (0, 0)):
                             yield delta(source, frames, faces)
                     taken = progress.take.remote()
+                if time.monotonic() - polled > 2:
+                    polled = time.monotonic()
+                    self._lost_nodes(nodes_watch, task_nodes, running)
                 for ref in ready:
                     batch = running.pop(ref)[0]
                     try:
                         entries = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
+                    except RayTaskError as e:
                         if isinstance(e.cause, OSError):
                             raise OutputError(f"cannot write {folder}: {one_line(e.cause)}",
                                               1) from None
-                        # One line (the task's traceback is in the Ray worker's log).
-                        raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
-                                           f"{e.cause}") from None
-                    except ray.exceptions.RayError as e:  # worker or node lost, retries spent
-                        reason = f"Ray task failed after {self.ray_options.max_retries} " \
-                                 f"retries: {type(e).__name__}"
+                        if not isinstance(e.cause, RayError):  # cage's own bug
+                            # One line (the task's traceback is in the Ray worker's log).
+                            raise RuntimeError(f"a Ray task failed: {type(e.cause).__name__}: "
+                                               f"{e.cause}") from None
                         entries = [{"source": f.path, "media": f.media, "frames": 0,
-                                    "faces": 0, "error": reason} for f in batch]
+                                    "faces": 0, "error": self._failed(e.cause)} for f in batch]
+                    except RayError as e:  # worker, node or object lost, retries spent
+                        entries = [{"source": f.path, "media": f.media, "frames": 0,
+                                    "faces": 0, "error": self._failed(e)} for f in batch]
                     for e in entries:
                         done.add(e["source"])
                         yield delta(e["source"], e["frames"], e["faces"], True, e["error"])
         finally:
-            for ref, (_, _, parts) in running.items():
-                for r in (ref, *parts):
-                    ray.cancel(r, force=True)
-            ray.kill(progress)
+            with contextlib.suppress(Exception):
+                for ref, (_, _, parts, _) in running.items():
+                    for r in (ref, *parts):
+                        ray.cancel(r, force=True)
+            with contextlib.suppress(Exception):
+                ray.kill(progress)
             if actors:
-                with contextlib.suppress(ray.exceptions.RayError):
+                with contextlib.suppress(RayError):
                     self.actor_stats = ray.get([a.stats.remote() for a in actors], timeout=10)
             for a in actors:
-                ray.kill(a)
+                with contextlib.suppress(Exception):
+                    ray.kill(a)
             if started:
                 ray.shutdown()
+
+    def _lost_nodes(self, watch: dict, task_nodes: dict[str, set[str]],
+                    running: dict) -> None:
+        """One line for each node lost since the last look: one that the cluster no longer
+        lists as alive, or (sooner: Ray marks a node dead only after its health checks fail,
+        which can take longer than the run) one of this run's nodes whose raylet does not
+        answer any more. Says how many of this run's tasks were running on it."""
+        import ray
+        from ray.util.client import ray as client
+
+        try:
+            nodes = ray.nodes()
+        except Exception:  # noqa: BLE001 - the GCS busy or unreachable: look again later
+            return
+        alive, reported = watch.setdefault("alive", {}), watch.setdefault("reported", set())
+        now = {n["NodeID"]: (n.get("NodeManagerAddress", "?"), n.get("NodeManagerPort", 0))
+               for n in nodes if n.get("Alive")}
+        # Through Ray Client (ray://) the nodes' own addresses may not be reachable from here.
+        used = set() if client.is_connected() else set().union(*task_nodes.values())
+        lost = [node for node in alive if node not in now]
+        lost += [node for node, where in now.items() if node in used and not _answers(*where)]
+        for node in dict.fromkeys(lost):
+            if node in reported:
+                continue
+            reported.add(node)
+            keys = {k for _, _, _, ks in running.values() for k in ks}
+            n = sum(node in task_nodes.get(k, ()) for k in keys)
+            address = (alive.get(node) or now.get(node) or ("?",))[0]
+            self.log(f"cage: a Ray node was lost ({address}, node {node[:8]}): "
+                     f"{n} task{'s' if n != 1 else ''} of this run retried elsewhere; "
+                     f"Ray's messages are in {log_path(self.ray_options)}")
+        alive.clear()
+        alive.update(now)
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether a raylet listens at host:port (a refused or timed-out connection: no)."""
+    import socket
+
+    if not port:
+        return True  # not known: the cluster's word only
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def drop_duplicates(folder: Path | UriPath) -> list[Path | UriPath]:

@@ -186,8 +186,17 @@ def annotate_to(
             _prepare_folder(folder, parts, manifest, kind, resume, overwrite, output)  # type: ignore[arg-type]
 
     loading = time.monotonic()
-    pipeline = Pipeline(options, run) if ray is None else cluster.RayPipeline(options, run, ray)
+    pipeline = (Pipeline(options, run) if ray is None
+                else cluster.RayPipeline(options, run, ray, log))
     summary.load_seconds = time.monotonic() - loading
+    if ray is not None:
+        try:
+            pipeline.connect()  # a cluster that cannot be used: one line, before any output
+        except OutputError:
+            with contextlib.suppress(OSError):
+                if final is not None and not any(folder.iterdir()):  # made by this run
+                    remove_tree(folder)
+            raise
     info = run_info(options, pipeline.model.weights_sha256)
     done_before: dict[str, dict] = {}
     next_seq = 0

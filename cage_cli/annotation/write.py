@@ -92,12 +92,40 @@ def output_location(output: str, doing: str = "use output") -> Path | UriPath:
 
 def temp_for(final: Path | UriPath) -> Path:
     """Where to write ``final`` before :func:`_fsync_rename` puts it in place: beside it, or
-    for a URI a local temporary file."""
+    for a URI a local temporary file, ``cage-<name>.<pid>.<random>.tmp`` in $TMPDIR (the
+    process id lets :func:`remove_stale_temps` tell a dead writer's file from a live one's)."""
     if isinstance(final, UriPath):
-        fd, tmp = tempfile.mkstemp(prefix=f"cage-{final.name}.", suffix=".tmp")
+        remove_stale_temps()
+        fd, tmp = tempfile.mkstemp(prefix=f"cage-{final.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
         return Path(tmp)
     return final.with_name(f".{final.name}.tmp")
+
+
+def remove_stale_temps() -> list[Path]:
+    """Remove the local temporary files of URI outputs (:func:`temp_for`) whose process is
+    gone on this machine, e.g. a Ray worker killed during an upload; returns them."""
+    removed = []
+    folder = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for tmp in folder.glob("cage-*.tmp"):
+            pid = tmp.name.rsplit(".", 3)[1] if tmp.name.count(".") >= 3 else ""
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def arrow_source(path: Path | UriPath) -> dict:
