@@ -104,7 +104,7 @@ def test_formats_give_same_rows(tmp_path: Path) -> None:
     for ext in ("parquet", "jsonl", "csv"):
         assert tables[ext].equals(ref), ext
     rows = [json.loads(line) for line in outs["jsonl"].read_text().splitlines()]
-    csv_opts = pacsv.ConvertOptions(column_types=SCHEMA, strings_can_be_null=True)
+    csv_opts = pacsv.ConvertOptions(column_types=CSV_SCHEMA, strings_can_be_null=True)
     recipes = {"jsonl": pa.Table.from_pylist(rows, schema=SCHEMA),
                "csv": pacsv.read_csv(outs["csv"], convert_options=csv_opts)}
     as_csv = pa.Table.from_batches([csv_batch(b) for b in ref.to_batches()])  # embedding: text
