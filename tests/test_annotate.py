@@ -17,7 +17,7 @@ from conftest import CLIP, MULTI, NOFACE, SINGLE, cage, read
 from PIL import Image
 
 from cage_cli.annotation.write import csv_batch
-from cage_cli.schema import EXPRESSIONS, SCHEMA
+from cage_cli.schema import CSV_SCHEMA, EXPRESSIONS, SCHEMA
 
 
 def faces_per_source(table: pa.Table) -> dict[str, int]:
