@@ -523,3 +523,24 @@ def test_upload_temp_of_a_killed_writer_is_removed(tmp_path: Path, monkeypatch) 
     assert r.exit_code == 0, r.stderr
     assert live.exists() and remove_stale_temps() == []
     assert sorted(tmp.iterdir()) == [live]
+
+
+@needs_ray
+def test_persons_through_segments_equal_a_local_run(ray_address: str, tmp_path: Path) -> None:
+    """--persons with --ray, the clip detected as 3 segment tasks: the same person ids and
+    descriptors as a local run (descriptors are computed in the segments, linked in the task
+    that tracks the whole video)."""
+    import numpy as np
+
+    args = [CLIP, SINGLE, MEDIA / "multiface.jpg", "--max-frames", "30", "--persons"]
+    assert cage("annotate", *args, "-o", tmp_path / "local.parquet").exit_code == 0
+    r = cage("annotate", *args, "-o", tmp_path / "ray.parquet", "--ray",
+             "--ray-segment-frames", "10")
+    assert r.exit_code == 0, r.stderr
+    local, ray_rows = read(tmp_path / "local.parquet"), read(tmp_path / "ray.parquet")
+    assert local.column("person_id").null_count == 0
+    for col in ("source", "frame_index", "face_index", "track_id", "person_id"):
+        assert ray_rows.column(col).to_pylist() == local.column(col).to_pylist(), col
+    for a, b in zip(ray_rows.column("embedding").to_pylist(),
+                    local.column("embedding").to_pylist(), strict=True):
+        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5))
