@@ -81,14 +81,16 @@ def default_media() -> Path:
 # ---------------------------------------------------------------- 1. correctness
 
 
-def annotate_table(inputs: list[str], out: Path, device: str, max_frames: int | None):
-    """Annotate with AnnotateOptions defaults (fp32) into ``out``; (rows, Summary)."""
+def annotate_table(inputs: list[str], out: Path, device: str, max_frames: int | None,
+                   persons: bool = False):
+    """Annotate with AnnotateOptions defaults (fp32; ``persons``: --persons) into ``out``;
+    (rows, Summary)."""
     import pyarrow.parquet as pq
 
     from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
     from cage_cli.annotation.runner import annotate_to
 
-    options = AnnotateOptions()
+    options = AnnotateOptions(persons=persons)
     if max_frames is not None:
         options = dataclasses.replace(
             options, sampling=dataclasses.replace(options.sampling, max_frames=max_frames))
@@ -190,7 +192,7 @@ def correctness(args: argparse.Namespace, tmp: Path) -> dict:
     for name, dev in ((test_name, args.device), ("cpu", "cpu")):
         log(f"correctness: annotate {args.media} on {dev} (fp32)")
         rows, summary = annotate_table(inputs, tmp / f"correctness_{name}.parquet", dev,
-                                       max_frames)
+                                       max_frames, args.persons)
         runs[name] = (rows, summary)
         log(f"correctness: {dev}: {summary.frames} frames, {summary.faces} faces, "
             f"{summary.seconds:.1f} s")
@@ -416,7 +418,7 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
     from cage_cli.annotation.runner import annotate_to
 
     target = 2000
-    options = AnnotateOptions()
+    options = AnnotateOptions(persons=args.persons)
     if args.quick:  # loop twice (the same code), but annotate only the first frames
         options = dataclasses.replace(
             options, sampling=dataclasses.replace(options.sampling, max_frames=4))
@@ -634,6 +636,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="device under test (default cuda)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
+    ap.add_argument("--persons", action="store_true",
+                    help="annotate with --persons (descriptors and person ids) in the "
+                         "correctness and pipeline sections")
     ap.add_argument("--media", type=Path, default=default_media())
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--budget-s", type=float, default=420.0,

@@ -113,3 +113,14 @@ def test_a_failing_section_is_recorded_and_the_rest_still_run(tmp_path: Path) ->
     assert "every video failed" in rep["sections"]["pipeline"]["error"]
     assert "no .jpg photos in" in rep["sections"]["training"]["error"]
     assert "Traceback" not in r.stderr
+
+
+def test_correctness_with_persons(tmp_path: Path) -> None:
+    """--persons runs the correctness section (descriptors on the device under test too)."""
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device",
+                        "cpu", "--quick", "--persons", "--sections", "correctness",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = json.loads(out.read_text())["sections"]["correctness"]
+    assert c["passed"] and c["matched"] > 0
