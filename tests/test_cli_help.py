@@ -80,3 +80,21 @@ def test_help_shows_every_option_name_in_full_at_80_columns(command: str) -> Non
              for name in (*p.opts, *p.secondary_opts)] + ["--help"]
     missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
     assert not missing, f"`cage {command} --help` at 80 columns lacks {missing}"
+
+
+def test_readme_model_table_is_the_registry() -> None:
+    """README's "Which model runs" table names every model `cage models` lists, and no other
+    (issue 32: it lacked cage-custom); the one marked (default) is the default."""
+    from cage_cli.models import list_models
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Which model runs"):]
+    section = section[: section.index("\n## ")]
+    rows = [line.split("|")[1] for line in section.splitlines()
+            if line.startswith("| `")]
+    named = [name for cell in rows for name in re.findall(r"`([^`]+)`", cell)]
+    assert sorted(named) == sorted(list_models())
+    listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"}).output
+    assert all(re.search(rf"^\W*{re.escape(n)}\b", listed, re.M) for n in list_models())
+    assert [n for cell in rows if "(default)" in cell
+            for n in re.findall(r"`([^`]+)`", cell)] == [DEFAULT_MODEL]

@@ -240,3 +240,20 @@ def test_block_parsing(tmp_path: Path) -> None:
         (19, "python", f"{MARKER}\nprint(1)  # expect: 1", ["1"], 0),
     ]
     assert normalize("│ faces          │ 87 │\n") == "faces 87"
+
+
+def test_ci_runs_the_readme_quick_start() -> None:
+    """.ci/run follows the README as a new user does: the quick start's commands (its marked
+    block, then the plot and render it names), then the tests beside what they left."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    quick = ci[ci.index("README, Quick start"):ci.index("README, Test")]
+    ran = [line.strip() for line in quick.splitlines() if line.strip().startswith("cage ")]
+    lines = (ROOT / "README.md").read_text().splitlines()
+    first = lines.index("## Quick start")
+    end = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("## "))
+    marked = [s.code for s in steps(ROOT / "README.md") if first < s.line <= end]
+    assert marked and ran[: len(marked)] == marked
+    named = "\n".join(lines[first:end])
+    assert ran[len(marked):] == ["cage plot faces.parquet", "cage render faces.parquet"]
+    assert all(f"`{command}`" in named for command in ran[len(marked):])
+    assert ci.index("README, Quick start") < ci.index("python -m pytest -q")
