@@ -10,6 +10,7 @@ import pyarrow as pa
 import torch
 
 from ..models import ExpressionModel
+from ..models.registry import CPU_CHUNK
 from ..preprocess import crop_faces
 from ..schema import EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
 from .decode import Frame
@@ -28,14 +29,15 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
                        ) -> Results:
     """Start cropping and classifying the faces; ``.get()`` gives the predictions, one dict
     per batch. With a CPU ``pool``, the faces are split evenly over its threads, and each
-    thread cuts its own crops."""
+    thread cuts its own crops, in whole chunks of :data:`CPU_CHUNK` faces where it can."""
     faces_of = [(f.image, d) for f, d in zip(frames, faces, strict=True) if len(d)]
     n = sum(len(d) for _, d in faces_of)
     if not n:
         return Results([model.predict(torch.zeros((0, 1, 1, 1), dtype=torch.uint8))])
     pool = pool if model.device.type == "cpu" else None
-    if pool is not None:
-        batch_size = min(batch_size, -(-n // pool.n))
+    if pool is not None:  # whole CPU chunks per thread: the model pads a partial one
+        share = -(-n // pool.n)
+        batch_size = min(batch_size, -(-share // CPU_CHUNK) * CPU_CHUNK)
     # Faces [lo, hi) of the run in frame order, as (image, its boxes there, whole) pieces.
     starts = np.cumsum([0] + [len(d) for _, d in faces_of])
     batches = [[(image, d.boxes[max(lo - s, 0) : lo + batch_size - s], d.source == "whole_image")
