@@ -147,16 +147,18 @@ def stand_in_root(tmp_path: Path, root: Path = ROOT) -> Path:
 
 
 def clone_state(root: Path = ROOT) -> dict[str, tuple[int, int]]:
-    """What a command could change in the clone: the paths git reports (changed, untracked,
-    ignored; caches aside), the untracked and ignored ones with their modification time and
-    size (a folder's changes when an entry is added or removed)."""
+    """What a doc command could leave in the clone: the untracked and ignored paths git
+    reports (caches aside), the ignored ones with their modification time and size (a
+    folder's changes when an entry is added or removed). Tracked files are left out: the
+    commands run on copies of them, and a contributor may edit or commit meanwhile."""
     out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-z", "--ignored"],
                          capture_output=True, text=True, check=True).stdout
     state = {}
     for entry in filter(None, out.split("\0")):
         path = entry[3:]
-        if not any(c in path for c in ("__pycache__", ".pytest_cache", ".ruff_cache")):
-            st = (root / path).lstat() if entry[:2] in ("??", "!!") else None
+        if entry[:2] in ("??", "!!") and not any(
+                c in path for c in ("__pycache__", ".pytest_cache", ".ruff_cache")):
+            st = (root / path).lstat() if entry[:2] == "!!" else None
             state[entry] = (st.st_mtime_ns, st.st_size) if st else (0, 0)
     return state
 
