@@ -308,8 +308,8 @@ def annotate(
     ray_gpu_actors: Annotated[Optional[bool], typer.Option(  # noqa: UP045
         "--ray-gpu-actors/--no-ray-gpu-actors", show_default="on when the cluster has GPUs",
         help="With --ray: classify on a pool of GPU actors that batch the faces of several "
-             "tasks, tasks detecting on their CPUs; --no-ray-gpu-actors: each task runs the "
-             "whole pipeline on a share of a GPU. docs/scaling.md.",
+             "tasks, tasks detecting on their CPUs; off: each task runs the whole pipeline "
+             "on a share of a GPU. docs/scaling.md.",
         rich_help_panel="Runs")] = None,  # cage_cli.annotation.cluster.RayOptions.classify_actors
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,

@@ -21,6 +21,7 @@ from cage_cli.models.cage import (
     create_from_checkpoint,
     load_model,
 )
+from cage_cli.models.registry import CPU_CHUNK
 from cage_cli.schema import EXPRESSIONS
 
 
@@ -73,6 +74,10 @@ def test_authors_state_dict_loads_with_identical_outputs(tmp_path: Path, faces: 
         got = ours.net(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
+    # predict runs the network on a chunk of CPU_CHUNK faces (the one face padded with
+    # copies): the authors' network on that chunk, to the same float32 rounding
+    with torch.no_grad():
+        expected = theirs(ours.normalize(faces.expand(CPU_CHUNK, *faces.shape[1:])))[:1]
     pred = ours.predict(faces)
     k = outputs - 2
     canon = [EXPRESSIONS.index(c) for c in ours.config.classes]

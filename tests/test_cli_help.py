@@ -62,3 +62,39 @@ def test_defaults_are_shown() -> None:
     assert f"[default: {DEFAULT_MODEL}]" in text
     assert "[default: 960]" in text and "[default: (every frame)]" in text
     assert DEFAULT_MODEL in help_text("evaluate")
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_shows_every_option_name_in_full_at_80_columns(command: str) -> None:
+    """In a terminal 80 columns wide, every option of every command is named in full: rich
+    cuts a word too long for its column with an ellipsis (issue 32: ``--no-ray-gpu-actor…``)."""
+    words = [command] if command else []
+    r = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    text = r.output
+    assert max(map(len, text.splitlines())) <= 80
+    cut = [line for line in text.splitlines() if "\u2026" in line]
+    assert not cut, f"`cage {command} --help` cuts words at 80 columns: {cut}"
+    cmd = GROUP.commands[command] if command else GROUP
+    names = [name for p in cmd.params if p.param_type_name == "option" and not p.hidden
+             for name in (*p.opts, *p.secondary_opts)] + ["--help"]
+    missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+    assert not missing, f"`cage {command} --help` at 80 columns lacks {missing}"
+
+
+def test_readme_model_table_is_the_registry() -> None:
+    """README's "Which model runs" table names every model `cage models` lists, and no other
+    (issue 32: it lacked cage-custom); the one marked (default) is the default."""
+    from cage_cli.models import list_models
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Which model runs"):]
+    section = section[: section.index("\n## ")]
+    rows = [line.split("|")[1] for line in section.splitlines()
+            if line.startswith("| `")]
+    named = [name for cell in rows for name in re.findall(r"`([^`]+)`", cell)]
+    assert sorted(named) == sorted(list_models())
+    listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"}).output
+    assert all(re.search(rf"^\W*{re.escape(n)}\b", listed, re.M) for n in list_models())
+    assert [n for cell in rows if "(default)" in cell
+            for n in re.findall(r"`([^`]+)`", cell)] == [DEFAULT_MODEL]

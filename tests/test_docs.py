@@ -19,16 +19,18 @@ How to mark a block (the marker is an ordinary comment, so the block reads and p
 * ```` ```python ```` blocks run as one script; ``# expect:`` lines inside check its output.
 
 A doc's marked blocks run in order, in one fresh folder that stands in for the repository
-root: the repository's top-level files and folders (``examples/``, ``docs/`` ...) are linked
-into it, and ``../shared/media`` holds the shared test media, as beside a checkout. So a reader
-can run the same commands from the repository root. Outputs (``faces.parquet``, ``ds/``...)
-stay in the temporary folder; ``cage`` is the one in this Python environment.
+root: a copy of the files git tracks (``examples/``, ``docs/`` ...; not what a user made in the
+clone, such as the quick start's ``faces.parquet``), and ``../shared/media`` holds the shared
+test media, as beside a checkout. So a reader can run the same commands from the repository
+root. Outputs (``faces.parquet``, ``ds/``...) stay in the temporary folder, and the test checks
+that the clone itself is unchanged; ``cage`` is the one in this Python environment.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -121,15 +123,44 @@ def run_step(step: Step, cwd: Path) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
-def stand_in_root(tmp_path: Path) -> Path:
-    """A folder laid out like the repository root, with ../shared beside it."""
-    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+def stand_in_root(tmp_path: Path, root: Path = ROOT) -> Path:
+    """A folder laid out like the repository root, with ../shared beside it: a copy of the
+    files git tracks in ``root`` (as they are in the working tree), so nothing a user made in
+    the clone (``faces.parquet``, ``faces_rendered/``, ``ds/`` ...) is seen and nothing a doc
+    command writes reaches the clone. ``../shared`` is a folder of links to the shared data."""
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True,
+                            text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout ({listed.stderr.strip()}): the doc tests copy the "
+                    "files git tracks")
+    shared = tmp_path / "shared"
+    shared.mkdir(parents=True)
+    for entry in (root.parent / "shared").iterdir():
+        (shared / entry.name).symlink_to(entry)
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for entry in ROOT.iterdir():
-        if not entry.name.startswith("."):
-            (repo / entry.name).symlink_to(entry)
+    for name in listed.stdout.split("\0"):
+        src = root / name
+        if name and src.is_file():  # (a tracked file deleted in the working tree: gone)
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name, follow_symlinks=False)
     return repo
+
+
+def clone_state(root: Path = ROOT) -> dict[str, tuple[int, int]]:
+    """What a doc command could leave in the clone: the untracked and ignored paths git
+    reports (caches aside), the ignored ones with their modification time and size (a
+    folder's changes when an entry is added or removed). Tracked files are left out: the
+    commands run on copies of them, and a contributor may edit or commit meanwhile."""
+    out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-z", "--ignored"],
+                         capture_output=True, text=True, check=True).stdout
+    state = {}
+    for entry in filter(None, out.split("\0")):
+        path = entry[3:]
+        if entry[:2] in ("??", "!!") and not any(
+                c in path for c in ("__pycache__", ".pytest_cache", ".ruff_cache")):
+            st = (root / path).lstat() if entry[:2] == "!!" else None
+            state[entry] = (st.st_mtime_ns, st.st_size) if st else (0, 0)
+    return state
 
 
 MARKED = [p for p in DOCS if steps(p)]
@@ -138,6 +169,7 @@ MARKED = [p for p in DOCS if steps(p)]
 @pytest.mark.parametrize("doc", MARKED, ids=[p.name for p in MARKED])
 def test_doc_commands_run_and_print_what_the_doc_says(doc: Path, tmp_path: Path) -> None:
     cwd = stand_in_root(tmp_path)
+    before = clone_state()
     for step in steps(doc):
         r = run_step(step, cwd)
         where = f"{step.doc}:{step.line}: {step.code.splitlines()[0]}"
@@ -147,6 +179,43 @@ def test_doc_commands_run_and_print_what_the_doc_says(doc: Path, tmp_path: Path)
         seen = normalize(output)
         for text in step.expect:
             assert normalize(text) in seen, f"{where}\nexpected {text!r} in:\n{output[-3000:]}"
+    assert clone_state() == before, "a doc command changed the clone itself"
+
+
+def test_stand_in_root_is_what_git_tracks(tmp_path: Path) -> None:
+    """Files a user made in the clone (the quick start's outputs, datasets, runs) are not in
+    the stand-in root, and writing there leaves the clone as it was (issue 32: a quick start's
+    faces.parquet, linked in, made the doc tests fail with 'exists')."""
+    clone = tmp_path / "clone"
+    (clone / "examples").mkdir(parents=True)
+    (tmp_path / "shared" / "media").mkdir(parents=True)
+    (clone / "README.md").write_text("readme\n")
+    (clone / "examples" / "a.jpg").write_bytes(b"jpeg")
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    made = ["faces.parquet", "faces.png", "faces_rendered/a.jpg", "ds/part-0.parquet",
+            "runs/r1/model.pt", "examples/new.parquet"]
+    for name in made:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_bytes(b"user's")
+    (clone / "README.md").write_text("edited, not committed\n")
+    before = clone_state(clone)
+
+    repo = stand_in_root(tmp_path / "t", clone)
+    files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if not p.is_dir())
+    assert files == ["README.md", "examples/a.jpg"]
+    assert not any(p.is_symlink() for p in repo.rglob("*"))
+    assert (repo / "README.md").read_text() == "edited, not committed\n"  # the working tree
+    assert (repo.parent / "shared" / "media").resolve() == (tmp_path / "shared" / "media")
+    r = subprocess.run(["bash", "-c", "echo x > README.md; echo x > examples/a.jpg; "
+                        "mkdir -p ds faces_rendered; echo x > faces.parquet; "
+                        "echo x > ds/part-0.parquet"], cwd=repo)
+    assert r.returncode == 0
+    assert clone_state(clone) == before
+    assert all((clone / name).read_bytes() == b"user's" for name in made)
+    assert (clone / "examples" / "a.jpg").read_bytes() == b"jpeg"
+    assert (clone / "README.md").read_text() == "edited, not committed\n"
 
 
 def test_walkthroughs_are_marked() -> None:
@@ -173,3 +242,20 @@ def test_block_parsing(tmp_path: Path) -> None:
         (19, "python", f"{MARKER}\nprint(1)  # expect: 1", ["1"], 0),
     ]
     assert normalize("│ faces          │ 87 │\n") == "faces 87"
+
+
+def test_ci_runs_the_readme_quick_start() -> None:
+    """.ci/run follows the README as a new user does: the quick start's commands (its marked
+    block, then the plot and render it names), then the tests beside what they left."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    quick = ci[ci.index("README, Quick start"):ci.index("README, Test")]
+    ran = [line.strip() for line in quick.splitlines() if line.strip().startswith("cage ")]
+    lines = (ROOT / "README.md").read_text().splitlines()
+    first = lines.index("## Quick start")
+    end = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("## "))
+    marked = [s.code for s in steps(ROOT / "README.md") if first < s.line <= end]
+    assert marked and ran[: len(marked)] == marked
+    named = "\n".join(lines[first:end])
+    assert ran[len(marked):] == ["cage plot faces.parquet", "cage render faces.parquet"]
+    assert all(f"`{command}`" in named for command in ran[len(marked):])
+    assert ci.index("README, Quick start") < ci.index("python -m pytest -q")

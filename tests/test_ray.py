@@ -52,29 +52,39 @@ def local(tmp_path_factory) -> pa.Table:
     return read(out)
 
 
-def kill_one(killed: list[int], task: str = "annotate_task") -> None:
-    """SIGKILL a Ray worker 1 s into a ``task`` (the model is loaded, frames are in flight)."""
+def kill_one(killed: list[int], task: str = "annotate_task", holding: Path | None = None) -> None:
+    """SIGKILL a Ray worker 1 s into a ``task`` (the model is loaded, frames are in flight).
+    With ``holding``, the worker whose task has that input open, at once: which of the tasks
+    Ray starts first is not promised (on a busy machine it may be any)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = worker_pids(task)
-        if pids:
+        pids = worker_pids(task, holding)
+        if pids and holding is None:
             time.sleep(1.0)
-            if pids[0] in worker_pids(task):
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-                return
+            pids = [p for p in pids if p in worker_pids(task)]
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            return
         time.sleep(0.05)
 
 
-def worker_pids(task: str = "annotate_task") -> list[int]:
-    """Ray worker processes running a ``task`` now (Ray sets their process title)."""
+def worker_pids(task: str = "annotate_task", holding: Path | None = None) -> list[int]:
+    """Ray worker processes running a ``task`` now (Ray sets their process title); with
+    ``holding``, only those that have that file open."""
     import psutil
 
+    want = os.path.realpath(holding) if holding is not None else None
     pids = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if cmd and cmd[0].startswith(f"ray::{task}"):
-            pids.append(p.pid)
+        if not (cmd and cmd[0].startswith(f"ray::{task}")):
+            continue
+        try:
+            if want is None or any(f.path == want for f in p.open_files()):
+                pids.append(p.pid)
+        except psutil.Error:  # it ended meanwhile
+            continue
     return pids
 
 
@@ -157,17 +167,7 @@ def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Pat
     options = AnnotateOptions(sampling=Sampling(max_frames=24))
     inputs, out = [str(INTERVIEW), str(SINGLE)], f"{tmp_path}/ds/"
     killed: list[int] = []
-
-    def kill_interview() -> None:  # once the photo's part is committed, the video's task
-        deadline = time.monotonic() + 120
-        while (not list(Path(out).glob("part-*.parquet")) or len(worker_pids()) != 1) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in worker_pids():
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    killer = threading.Thread(target=kill_interview)
+    killer = threading.Thread(target=kill_one, args=(killed, "annotate_task", INTERVIEW))
     killer.start()
     s = annotate_to(inputs, out, options, ray=RayOptions(max_retries=0), log=lambda _: None)
     killer.join()

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pytest
 from conftest import CLIP, MEDIA, MULTI, NOFACE, SINGLE, cage
 from PIL import Image
+from pyarrow.fs import FileSelector
 
 from cage_cli.annotation.decode import load_image
 from cage_cli.annotation.read import read_annotations, read_run_info
@@ -377,12 +378,16 @@ def test_read_commands_take_uri_outputs(s3, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "local.parquet"
     outputs = [uri("views/faces.parquet"), uri("views/ds/"), f"file://{tmp_path}/ds/"]
-    for out in [local, *outputs]:
-        r = cage("annotate", SINGLE, MULTI, CLIP, "--max-frames", "10", "-o", out, "-q")
+    for out in [local, *outputs]:  # the URI outputs with a part per input, as a slow run
+        extra = ["--part-seconds", "0"] if out != local else []
+        r = cage("annotate", SINGLE, MULTI, CLIP, "--max-frames", "10", "-o", out, "-q", *extra)
         assert r.exit_code == 0, r.stderr
     want = json.loads(cage("summary", local, "--json").stdout)
     want_rows = read_annotations(local)
-    for out in outputs:
+    s3_parts = [i.path for i in s3[1].get_file_info(FileSelector("bkt/views/ds"))
+                if i.base_name.startswith("part-")]
+    assert len(s3_parts) == 3  # one per input, so the order of parts is tested too
+    for out in outputs:  # exactly: the same rows in the same order, bit for bit
         assert read_annotations(out).equals(want_rows), out
         r = cage("summary", out, "--json")
         assert r.exit_code == 0, r.stderr

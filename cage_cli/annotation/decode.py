@@ -326,7 +326,7 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
         def seek(index: int) -> Iterator[av.VideoFrame]:
             """Decode from the keyframe at or before frame ``index`` (0: the start)."""
             target = timestamps[index] + 1e-3 if index > 0 else 0.0
-            container.seek(start + int(target / float(base)), stream=stream, backward=True)
+            _seek(container, start + int(target / float(base)), stream)
             return container.decode(stream)
 
         # Seek forward only, never twice to one place; stop seeking if a seek overshoots
@@ -362,6 +362,13 @@ def _decode(path: str, timestamps: np.ndarray, keys: np.ndarray,
         if i < 0:
             raise DecodeError("video has no decodable frames")
         raise DecodeError(f"video stream breaks at frame {i + 1} of {len(timestamps)}")
+
+
+def _seek(container, offset: int, stream) -> None:  # noqa: ANN001 - PyAV objects
+    """Seek ``container`` to the keyframe at or before ``offset`` (in ``stream``'s time base).
+    One place, so a test can make a seek land late (PyAV's classes cannot be patched on every
+    Python: CPython 3.10's wheel has immutable types)."""
+    container.seek(offset, stream=stream, backward=True)
 
 
 def _upright(frame) -> np.ndarray:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import torch
 
 from ..models import EmbeddingModel, ExpressionModel
+from ..models.registry import CPU_CHUNK
 from ..preprocess import crop_faces
 from ..schema import EMBEDDING_TYPE, EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
 from .decode import Frame
@@ -29,16 +30,17 @@ def submit_predictions(model: ExpressionModel, frames: list[Frame], faces: list[
                        embedder: EmbeddingModel | None = None) -> Results:
     """Start cropping and classifying the faces; ``.get()`` gives the predictions, one dict
     per batch. With a CPU ``pool``, the faces are split evenly over its threads, and each
-    thread cuts its own crops. With an ``embedder`` (--persons), the faces full detection
-    found (not those followed between keyframes) also get a descriptor (``embedding``; NaN
-    for the others)."""
+    thread cuts its own crops, in whole chunks of :data:`CPU_CHUNK` faces where it can.
+    With an ``embedder`` (--persons), the faces full detection found (not those followed
+    between keyframes) also get a descriptor (``embedding``; NaN for the others)."""
     faces_of = [(f.image, d) for f, d in zip(frames, faces, strict=True) if len(d)]
     n = sum(len(d) for _, d in faces_of)
     if not n:
         return Results([model.predict(torch.zeros((0, 1, 1, 1), dtype=torch.uint8))])
     pool = pool if model.device.type == "cpu" else None
-    if pool is not None:
-        batch_size = min(batch_size, -(-n // pool.n))
+    if pool is not None:  # whole CPU chunks per thread: the model pads a partial one
+        share = -(-n // pool.n)
+        batch_size = min(batch_size, -(-share // CPU_CHUNK) * CPU_CHUNK)
     # Faces [lo, hi) of the run in frame order, as (image, its boxes there, whole) pieces.
     starts = np.cumsum([0] + [len(d) for _, d in faces_of])
     batches = [[(image, d, slice(max(lo - s, 0), lo + batch_size - s))

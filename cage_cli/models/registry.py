@@ -187,6 +187,11 @@ def _few(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+#: faces per network call on a CPU (ExpressionModel.predict): one fixed batch shape. 8 is as
+#: fast per face as 64 for the bundled models on one thread, and pads little (docs/performance.md)
+CPU_CHUNK = 8
+
+
 class ExpressionModel:
     """A network with its config: preprocessed crops in, canonical predictions out."""
 
@@ -210,12 +215,25 @@ class ExpressionModel:
         x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         return ((x - self._mean) / self._std).to(self.dtype)
 
+    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (N, outputs) in float32, class probabilities first."""
+        out = self.net(self.normalize(crops)).float()
+        k = len(self.config.classes)
+        if k and self.config.output != "probs":
+            out = torch.cat([out[:, :k].softmax(dim=1), out[:, k:]], dim=1)
+        return out
+
     @torch.inference_mode()
     def predict(self, crops: torch.Tensor) -> dict[str, np.ndarray]:
         """Predict from uint8 crops (N, H, W, C) made by :func:`cage_cli.preprocess.crop_faces`.
 
         Returns ``probs`` (N, 8) in canonical order with NaN for classes the model lacks,
         ``valence`` and ``arousal`` (N,), all float32 numpy arrays.
+
+        On a CPU, a face's values do not depend on the faces predicted with it (which
+        ``--batch-size``, the worker threads and the timing of frame groups decide): the
+        network always runs on :data:`CPU_CHUNK` faces (the last chunk padded with copies),
+        since torch's CPU kernels round differently for different batch sizes.
         """
         n = crops.shape[0]
         k = len(self.config.classes)
@@ -223,10 +241,13 @@ class ExpressionModel:
         if n == 0:
             empty = np.zeros(0, np.float32)
             return {"probs": probs, "valence": empty, "arousal": empty.copy()}
-        out = self.net(self.normalize(crops)).float()
+        if self.device.type == "cpu":
+            padded = torch.cat([crops, crops[-1:].expand(-n % CPU_CHUNK, *crops.shape[1:])])
+            out = torch.cat([self._forward(c) for c in padded.split(CPU_CHUNK)])[:n]
+        else:
+            out = self._forward(crops)
         if k:
-            logits = out[:, :k]
-            p = logits if self.config.output == "probs" else logits.softmax(dim=1)
+            p = out[:, :k]
             probs[:, self._canon] = p.cpu().numpy()
         if self.config.va_method == "head":
             va = out[:, k:k + 2]

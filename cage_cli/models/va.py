@@ -24,7 +24,11 @@ def centroid_va(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Expected (valence, arousal) under ``probs`` (N, 8; NaN = class absent from the model).
 
     Absent classes contribute nothing; the probabilities of the present ones sum to 1.
+    Summed class by class, not with a matrix product, whose rounding depends on N (a face's
+    values must not depend on the faces computed with it).
     """
     p = np.nan_to_num(probs, nan=0.0)
-    va = p @ centroids()
+    va = np.zeros((len(p), 2), np.float32)
+    for k, centroid in enumerate(centroids()):
+        va += p[:, k, None] * centroid
     return va[:, 0], va[:, 1]
