@@ -123,11 +123,7 @@ def test_text_outputs_keep_person_ids_and_descriptors(clip_run: pa.Table, tmp_pa
     got = read_annotations(out)
     assert got.schema.equals(SCHEMA)
     assert got.column("person_id").to_pylist() == clip_run.column("person_id").to_pylist()
-    for a, b in zip(got.column("embedding").to_pylist(),
-                    clip_run.column("embedding").to_pylist(), strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert np.allclose(a, b, atol=1e-6)
+    assert got.column("embedding").to_pylist() == clip_run.column("embedding").to_pylist()
 
 
 def test_stdout_has_person_ids(tmp_path: Path) -> None:
@@ -155,9 +151,8 @@ def test_kill_then_resume_gives_the_same_person_ids(tmp_path: Path) -> None:
     want = read(ref).sort_by([(k, "ascending") for k in key])
     for col in (*key, "track_id", "person_id"):
         assert got.column(col).to_pylist() == want.column(col).to_pylist(), col
-    for a, b in zip(got.column("embedding").to_pylist(), want.column("embedding").to_pylist(),
-                    strict=True):
-        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5))
+    # descriptors too, exactly: on a CPU they do not depend on how faces were batched
+    assert got.column("embedding").to_pylist() == want.column("embedding").to_pylist()
 
 
 def test_a_bad_embedding_model_file_is_one_line(tmp_path: Path, monkeypatch) -> None:

@@ -348,7 +348,9 @@ class EmbeddingModel:
 
     @torch.inference_mode()
     def embed(self, crops: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Descriptors (N, embedding_size) float32 of uint8 crops (N, S, S, C), S = input_size."""
+        """Descriptors (N, embedding_size) float32 of uint8 crops (N, S, S, C), S = input_size.
+        On a CPU, in chunks of :data:`CPU_CHUNK` (padded), as ExpressionModel.predict: a
+        face's descriptor does not depend on the faces embedded with it."""
         crops = torch.as_tensor(crops)
         s = self.config.input_size
         if crops.ndim != 4 or tuple(crops.shape[1:]) != (s, s, self.config.channels):
@@ -356,6 +358,11 @@ class EmbeddingModel:
                              f"got {tuple(crops.shape)}")
         if not len(crops):
             return np.zeros((0, self.config.embedding_size), np.float32)
+        if self.device.type == "cpu":
+            n = crops.shape[0]
+            padded = torch.cat([crops, crops[-1:].expand(-n % CPU_CHUNK, *crops.shape[1:])])
+            return np.concatenate([self.net(self.normalize(c)).float().numpy()
+                                   for c in padded.split(CPU_CHUNK)])[:n]
         return self.net(self.normalize(crops)).float().cpu().numpy()
 
 
