@@ -192,8 +192,8 @@ def _few(keys: list[str], n: int = 5) -> str:
 CPU_CHUNK = 8
 
 
-class ExpressionModel:
-    """A network with its config: preprocessed crops in, canonical predictions out."""
+class _Network:
+    """A network with its config, on a device: uint8 crops in."""
 
     def __init__(self, net: nn.Module, config: ModelConfig, weights_sha256: str | None,
                  device: torch.device, dtype: torch.dtype = torch.float32):
@@ -204,7 +204,6 @@ class ExpressionModel:
         self.dtype = dtype
         self._mean = torch.tensor(config.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(config.std, device=device).view(1, -1, 1, 1)
-        self._canon = [EXPRESSIONS.index(c) for c in config.classes]
 
     @property
     def name(self) -> str:
@@ -214,6 +213,27 @@ class ExpressionModel:
         """uint8 crops (N, H, W, C) -> normalised float input (N, C, H, W) on the device."""
         x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         return ((x - self._mean) / self._std).to(self.dtype)
+
+    def _in_chunks(self, forward: Callable[[torch.Tensor], torch.Tensor],
+                   crops: torch.Tensor) -> torch.Tensor:
+        """``forward`` over (N > 0) crops; on a CPU always on :data:`CPU_CHUNK` crops at a
+        time (the last chunk padded with copies), since torch's CPU kernels round differently
+        for different batch sizes: a face's outputs then do not depend on the faces computed
+        with it."""
+        if self.device.type != "cpu":
+            return forward(crops)
+        n = crops.shape[0]
+        padded = torch.cat([crops, crops[-1:].expand(-n % CPU_CHUNK, *crops.shape[1:])])
+        return torch.cat([forward(c) for c in padded.split(CPU_CHUNK)])[:n]
+
+
+class ExpressionModel(_Network):
+    """A network with its config: preprocessed crops in, canonical predictions out."""
+
+    def __init__(self, net: nn.Module, config: ModelConfig, weights_sha256: str | None,
+                 device: torch.device, dtype: torch.dtype = torch.float32):
+        super().__init__(net, config, weights_sha256, device, dtype)
+        self._canon = [EXPRESSIONS.index(c) for c in config.classes]
 
     def _forward(self, crops: torch.Tensor) -> torch.Tensor:
         """The network's outputs (N, outputs) in float32, class probabilities first."""
@@ -241,11 +261,7 @@ class ExpressionModel:
         if n == 0:
             empty = np.zeros(0, np.float32)
             return {"probs": probs, "valence": empty, "arousal": empty.copy()}
-        if self.device.type == "cpu":
-            padded = torch.cat([crops, crops[-1:].expand(-n % CPU_CHUNK, *crops.shape[1:])])
-            out = torch.cat([self._forward(c) for c in padded.split(CPU_CHUNK)])[:n]
-        else:
-            out = self._forward(crops)
+        out = self._in_chunks(self._forward, crops)
         if k:
             p = out[:, :k]
             probs[:, self._canon] = p.cpu().numpy()
@@ -327,24 +343,8 @@ def _load(config: ModelConfig, weights: str | Path | None, device: str, precisio
     return net, path, dev, dtype
 
 
-class EmbeddingModel:
+class EmbeddingModel(_Network):
     """A face-embedding network with its config: uint8 crops in, descriptors out."""
-
-    def __init__(self, net: nn.Module, config: ModelConfig, weights_sha256: str | None,
-                 device: torch.device, dtype: torch.dtype = torch.float32):
-        self.net = net.eval().to(device=device, dtype=dtype)
-        self.config = config
-        self.weights_sha256 = weights_sha256
-        self.device = device
-        self.dtype = dtype
-        self._mean = torch.tensor(config.mean, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(config.std, device=device).view(1, -1, 1, 1)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    normalize = ExpressionModel.normalize
 
     @torch.inference_mode()
     def embed(self, crops: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -358,12 +358,8 @@ class EmbeddingModel:
                              f"got {tuple(crops.shape)}")
         if not len(crops):
             return np.zeros((0, self.config.embedding_size), np.float32)
-        if self.device.type == "cpu":
-            n = crops.shape[0]
-            padded = torch.cat([crops, crops[-1:].expand(-n % CPU_CHUNK, *crops.shape[1:])])
-            return np.concatenate([self.net(self.normalize(c)).float().numpy()
-                                   for c in padded.split(CPU_CHUNK)])[:n]
-        return self.net(self.normalize(crops)).float().cpu().numpy()
+        return self._in_chunks(lambda c: self.net(self.normalize(c)).float(),
+                               crops).cpu().numpy()
 
 
 def create_embedding_model(name: str, weights: str | Path | None = None, device: str = "auto",
