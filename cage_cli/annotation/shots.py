@@ -11,12 +11,12 @@ one makes a cut:
   camera, a zoom) whose colours stay alike. Frames further apart are not compared this way: in
   continuous footage the picture itself changes that much within a second.
 
-Thresholds are from measurements of the shared clips (docs/performance.md, "Keyframes in video
-time and cuts"): in continuous footage (interview.mp4, short_clip.mp4 and a zoomed part of
-interview.mp4, every frame to ``--fps 1``) the colour change stays below 0.19 and, within
-0.1 s, the grey difference below 31 (47 at 0.2 s: a crowd walking, seen close); at hard cuts
-between the two clips the colour change is at least 0.42, and at cuts between two framings of
-one scene the grey difference at least 53.
+Thresholds are from benchmarks/keyframes.py's measurements (docs/performance.md, "Keyframes in
+video time and cuts"): in continuous footage (interview.mp4, short_clip.mp4 and the shots of
+the cut video, every frame to ``--fps 1``) the colour change stays below 0.19 and, within
+0.1 s, the grey difference below 30 (41 at 0.2 s, 55 at 1 s: moving footage); at the cut
+video's hard cuts the colour change is at least 0.40 and the grey difference at least 56, and
+at cuts between two framings of one scene the grey difference at least 53.
 """
 
 from __future__ import annotations
