@@ -8,7 +8,6 @@ dataset out of a small one (tests/test_review_page.py, benchmarks/review_page.py
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -71,7 +70,7 @@ def network_urls(driver) -> list[str]:
 
 def many_crops(dataset: Path, out: Path, n: int) -> Path:
     """A dataset of ``n`` crops made of ``dataset``'s (hard links under new names), with
-    confidences spread over [0, 1), 40 tracks per video and a ``person_id`` column (P0-P4)."""
+    confidences spread over [0, 1), 40 tracks per video and person ids 0-4."""
     from cage_cli.export.prelabel import read_manifest, write_manifest
 
     (out / "images").mkdir(parents=True)
@@ -85,13 +84,7 @@ def many_crops(dataset: Path, out: Path, n: int) -> Path:
         r.update(image=name, confidence=(i * 7919 % n) / n, rejected=False)
         if r["track_id"] is not None:
             r["track_id"] = i % 40
+        r["person_id"] = i % 5  # as `cage annotate --persons` gives it
         many.append(r)
-    manifest = out / "manifest.csv"
-    write_manifest(manifest, many)
-    with open(manifest, newline="") as f:
-        table = list(csv.DictReader(f))
-    with open(manifest, "w", newline="") as f:  # as face identification may add it
-        w = csv.DictWriter(f, fieldnames=[*table[0], "person_id"])
-        w.writeheader()
-        w.writerows({**r, "person_id": f"P{i % 5}"} for i, r in enumerate(table))
+    write_manifest(out / "manifest.csv", many)
     return out

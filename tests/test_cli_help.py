@@ -93,8 +93,8 @@ def test_readme_model_table_is_the_registry() -> None:
     rows = [line.split("|")[1] for line in section.splitlines()
             if line.startswith("| `")]
     named = [name for cell in rows for name in re.findall(r"`([^`]+)`", cell)]
-    assert sorted(named) == sorted(list_models())
+    assert sorted(named) == sorted(list_models(None))  # expression and embedding models
     listed = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"}).output
-    assert all(re.search(rf"^\W*{re.escape(n)}\b", listed, re.M) for n in list_models())
+    assert all(re.search(rf"^\W*{re.escape(n)}\b", listed, re.M) for n in list_models(None))
     assert [n for cell in rows if "(default)" in cell
             for n in re.findall(r"`([^`]+)`", cell)] == [DEFAULT_MODEL]

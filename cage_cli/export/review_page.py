@@ -20,8 +20,9 @@ from .prelabel import MARKER, ExportError, _review_rows, read_manifest
 
 PAGE = "review.html"
 TEMPLATE = Path(__file__).with_name("review_page.html")
-#: Manifest columns naming the person a face belongs to (added by face identification).
-PERSON_COLUMNS = ("person_id", "person")
+#: Manifest columns naming the person a face belongs to, best first: the run-wide ``person``
+#: (`cage export --persons`), else the per-source ``person_id`` (`cage annotate --persons`).
+PERSON_COLUMNS = ("person", "person_id")
 
 
 def review_data(dataset: str | Path) -> dict:
@@ -46,7 +47,7 @@ def review_data(dataset: str | Path) -> dict:
             "video": r.get("media") == "video", "frame": r["frame_index"],
             "time": r["timestamp_s"], "face": r["face_index"], "track": r.get("track_id"),
             "person": None if person_col is None or r.get(person_col) in (None, "")
-            else str(r[person_col]),
+            else f"P{r[person_col]}",  # as cage render and cage plot label persons
             "machine": r["machine_label"], "p": _round(r["confidence"]),
             "runner": rev["runner_up"], "runner_p": _round(rev["runner_up_p"]),
             "probs": [_round(r.get(f"p_{e}")) for e in EXPRESSIONS],
