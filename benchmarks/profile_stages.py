@@ -57,8 +57,9 @@ def _timed(name: str, fn):  # noqa: ANN001, ANN202
         finally:
             inner = stack.pop()
             spent = time.thread_time() - start
-            CPU[name] += spent - inner
-            CALLS[name] += 1
+            key = name.replace("*", getattr(_local, "kind", ""))
+            CPU[key] += spent - inner
+            CALLS[key] += 1
             if stack:
                 stack[-1] += spent
     return wrapper
@@ -85,9 +86,14 @@ def install() -> None:
     M = mtcnn.MTCNN
     M._pnet = _timed("P-Net pyramid (keyframes)", M._pnet)
     M._pnet_windows = _timed("P-Net windows (between keyframes)", M._pnet_windows)
-    M._refine = _timed("R-Net", M._refine)
-    M._output = _timed("O-Net", M._output)
-    M._detect = _timed("MTCNN glue (NMS, boxes)", M._detect)
+    M._refine = _timed("R-Net*", M._refine)
+    M._output = _timed("O-Net*", M._output)
+    glue = _timed("MTCNN glue (NMS, boxes)*", M._detect)
+
+    def kind(self, frames, min_face, windows=None, max_face=None):  # noqa: ANN001, ANN202
+        _local.kind = " (keyframes)" if windows is None else " (between keyframes)"
+        return glue(self, frames, min_face, windows, max_face)
+    M._detect = kind
     D = detect.Detector
     D.relocate = _timed("relocate glue", D.relocate)
     D._filter = _timed("relocate glue", D._filter)
