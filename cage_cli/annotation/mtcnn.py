@@ -35,6 +35,10 @@ STRIP_PIXELS = 2**21
 #: MTCNN.near: P-Net runs at pyramid levels where the largest face is at most this many pixels
 #: (P-Net's cell is 12 px; finer levels only propose parts of a face this big)
 WINDOW_LEVEL_MAX = 48
+#: R-Net runs on at most this many crops at a time: on a CPU thread a 1080p keyframe's ~600
+#: crops took 1.6x the time in one call (the activations leave the cache), with the same
+#: outputs (docs/performance.md)
+RNET_PART = 64
 
 
 class MTCNN:
@@ -161,7 +165,7 @@ class MTCNN:
             return boxes, image_inds
         h, w = sat.shape[1] - 1, sat.shape[2] - 1
         crops, valid = _crops(sat, boxes, image_inds, w, h, 24)
-        reg, probs = self.rnet(_normalise(crops))
+        reg, probs = _in_parts(self.rnet, _normalise(crops), RNET_PART)
         keep = (probs[:, 1] > self.thresholds[1]) & valid
         boxes = torch.cat((boxes[keep, :4], probs[keep, 1:2]), dim=1)
         image_inds, reg = image_inds[keep], reg[keep]
@@ -188,6 +192,14 @@ class MTCNN:
         boxes = bbreg(boxes, reg)
         pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         return boxes[pick], points[pick], image_inds[pick]
+
+
+def _in_parts(net: torch.nn.Module, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """``net(x)``, ``n`` items at a time."""
+    if len(x) <= n:
+        return net(x)
+    parts = [net(x[i : i + n]) for i in range(0, len(x), n)]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
 def _integral(imgs: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..schema import EMBEDDING_TYPE, LANDMARK_COLUMNS, SCHEMA
+from ..schema import LANDMARK_COLUMNS, SCHEMA
 from .embed import embed_crops, face_crops, face_quality
 from .identity import DEFAULT_THRESHOLD, link_persons, overlap_constraints
 
@@ -85,14 +85,42 @@ def link_tracks(track_ids: np.ndarray, times: np.ndarray, reps: dict[int, np.nda
     return out
 
 
+# Columns are read from their Arrow buffers: pyarrow's conversions to numpy (and
+# fill_null, pa.array) import pandas when it is installed, 0.2 s of CPU (infer.py).
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    """The validity of an array's rows (n,) bool."""
+    bitmap = arr.buffers()[0]
+    if bitmap is None:
+        return np.ones(len(arr), bool)
+    bits = np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(bool)
+
+
+def _numeric(rows: pa.Table, name: str, fill: float) -> np.ndarray:
+    """A numeric column as float64, ``fill`` where it is null."""
+    arr = rows.column(name).combine_chunks()
+    data = arr.buffers()[1]
+    if data is None or not len(arr):
+        return np.full(len(arr), fill, np.float64)
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    values = np.frombuffer(data, dtype, len(arr), arr.offset * dtype.itemsize)
+    return np.where(_valid(arr), values, fill).astype(np.float64)
+
+
 def descriptors(rows: pa.Table) -> np.ndarray:
     """The ``embedding`` column as (rows, D) float32, NaN where it is null."""
     col = rows.column("embedding").combine_chunks()
-    valid = np.asarray(col.is_valid())
-    values = np.asarray(col.drop_null().flatten(), np.float32).reshape(int(valid.sum()), -1)
-    out = np.full((len(col), values.shape[1] if valid.any() else EMBEDDING_SIZE), np.nan,
-                  np.float32)
-    out[valid] = values
+    valid, n = _valid(col), len(col)
+    starts = np.frombuffer(col.buffers()[1], np.int32, n + 1, col.offset * 4) if n else \
+        np.zeros(1, np.int32)
+    lengths = np.diff(starts)[valid]
+    dim = int(lengths[0]) if len(lengths) else EMBEDDING_SIZE
+    out = np.full((n, dim), np.nan, np.float32)
+    if len(lengths):
+        child = col.values
+        data = np.frombuffer(child.buffers()[1], np.float32, len(child), child.offset * 4)
+        out[valid] = data[starts[:-1][valid][:, None] + np.arange(dim)]
     return out
 
 
@@ -100,14 +128,14 @@ def assign(rows: pa.Table, media: str, threshold: float = DEFAULT_THRESHOLD) -> 
     """``rows`` of one whole source, whose ``embedding`` holds each embedded face's descriptor,
     with ``person_id`` filled in and ``embedding`` kept where the schema keeps it."""
     embeddings = descriptors(rows)
-    face = np.asarray(rows.column("face_index").is_valid())
+    face = _valid(rows.column("face_index").combine_chunks())
     if media == "image":
-        person = np.asarray(rows.column("face_index").fill_null(-1), np.int64)
+        person = _numeric(rows, "face_index", -1).astype(np.int64)
         keep = face & ~np.isnan(embeddings).any(1)
     else:
-        tracks = np.asarray(rows.column("track_id").fill_null(-1), np.int64)
-        times = np.asarray(rows.column("timestamp_s").fill_null(0.0), np.float64)
-        marks = np.column_stack([np.asarray(rows.column(c).fill_null(np.nan), np.float64)
+        tracks = _numeric(rows, "track_id", -1).astype(np.int64)
+        times = _numeric(rows, "timestamp_s", 0.0)
+        marks = np.column_stack([_numeric(rows, c, np.nan)
                                  for c in LANDMARK_COLUMNS]).reshape(-1, 5, 2)
         reps = representatives(tracks, embeddings, marks)
         person_of = link_tracks(tracks, times, reps, threshold)
@@ -121,14 +149,11 @@ def assign(rows: pa.Table, media: str, threshold: float = DEFAULT_THRESHOLD) -> 
             embeddings[i] = reps[t]
         keep = np.zeros(len(tracks), bool)
         keep[list(first_row.values())] = True
-    person_col = pa.array(np.where(face, person, 0).astype(np.int32), pa.int32(),
-                          mask=~face | (person < 0))
-    dim = embeddings.shape[1]
-    values = pa.array(np.nan_to_num(embeddings[keep]).reshape(-1), pa.float32())
-    offsets = np.zeros(len(keep) + 1, np.int32)
-    np.cumsum(keep * dim, out=offsets[1:])
-    emb_col = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values,
-                                       type=EMBEDDING_TYPE, mask=pa.array(~keep))
+    from .infer import _embeddings, _numbers  # here: infer imports this module
+
+    # Arrays from buffers, not pa.array(): that imports pandas (0.2 s CPU; infer.py)
+    person_col = _numbers(np.where(face & (person >= 0), person, np.nan), pa.int32())
+    emb_col = _embeddings(np.where(keep[:, None], np.nan_to_num(embeddings), np.nan))
     rows = rows.set_column(rows.schema.get_field_index("person_id"), "person_id", person_col)
     rows = rows.set_column(rows.schema.get_field_index("embedding"), "embedding", emb_col)
     return rows.cast(SCHEMA)
