@@ -18,11 +18,6 @@ from .detect import Faces
 from .persons import embed_faces_of
 from .workers import Results, Workers
 
-#: On a CPU the classifier runs on at most this many faces at a time: faceapi-expression took
-#: 1.5-1.7 ms a face in calls of 16-32 faces, 2.6-2.8 in calls of 48-64 (one thread; its
-#: activations stay in cache), with the same outputs within 1.2e-7 (docs/performance.md)
-CPU_MODEL_BATCH = 16
-
 
 def predict_faces(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
                   batch_size: int) -> dict[str, np.ndarray]:
@@ -63,11 +58,7 @@ def _crop_predict(model: ExpressionModel, embedder: EmbeddingModel | None,
                               whole=d.source == "whole_image") for image, d, part in pieces])
     if model.device.type == "cuda":
         x = x.pin_memory()
-    if model.device.type == "cpu" and len(x) > CPU_MODEL_BATCH:
-        out = concat([model.predict(x[i : i + CPU_MODEL_BATCH])
-                      for i in range(0, len(x), CPU_MODEL_BATCH)])
-    else:
-        out = model.predict(x)
+    out = model.predict(x)
     if embedder is not None:
         out["embedding"] = embed_faces_of(embedder, [
             (image, d.boxes[part], d.landmarks[part],
