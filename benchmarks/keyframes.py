@@ -51,11 +51,11 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 import cut_video  # noqa: E402
+from cut_video import found  # noqa: E402
 
 from cage_cli.annotation.decode import Sampling  # noqa: E402
 from cage_cli.annotation.inputs import MediaFile  # noqa: E402
 from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions  # noqa: E402
-from cage_cli.annotation.track import box_iou  # noqa: E402
 
 MEDIA = HERE.parents[1] / "shared" / "media"
 RESULTS = HERE / "results"
@@ -78,36 +78,6 @@ def annotate(path: Path, k: int, fps: float | None, model,
     results = list(pipeline.run([MediaFile(str(path), "video")]))
     return pa.Table.from_batches([r.rows for r in results if r.rows is not None]), \
         pipeline.model
-
-
-def faces_by_frame(t: pa.Table) -> dict[int, np.ndarray]:
-    d = t.select(["frame_index", "face_index", "x1", "y1", "x2", "y2"]).to_pydict()
-    out: dict[int, list] = {}
-    for i, f in enumerate(d["frame_index"]):
-        if d["face_index"][i] is not None:
-            out.setdefault(f, []).append([d[c][i] for c in ("x1", "y1", "x2", "y2")])
-    return {f: np.array(b) for f, b in out.items()}
-
-
-def found(ref: pa.Table, got: pa.Table) -> tuple[int, int]:
-    """(reference faces, those the other run has in the same frame, IoU > 0.5)."""
-    mine, total, hits = faces_by_frame(got), 0, 0
-    for f, rb in faces_by_frame(ref).items():
-        total += len(rb)
-        if f not in mine:
-            continue
-        m = box_iou(rb, mine[f])
-        used_r: set[int] = set()
-        used_g: set[int] = set()
-        for flat in np.argsort(-m, axis=None, kind="stable"):
-            i, j = divmod(int(flat), m.shape[1])
-            if m[i, j] <= 0.5:
-                break
-            if i not in used_r and j not in used_g:
-                used_r.add(i)
-                used_g.add(j)
-        hits += len(used_r)
-    return total, hits
 
 
 def cut_stats(t: pa.Table, starts: list[int]) -> dict:

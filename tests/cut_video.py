@@ -14,6 +14,7 @@ from PIL import Image
 
 from cage_cli.annotation.decode import frames
 from cage_cli.annotation.inputs import MediaFile
+from cage_cli.annotation.track import box_iou
 
 #: the part of interview.mp4's 1920x1080 frames (x1, y1, x2, y2) where its largest faces walk
 INTERVIEW_REGION = (150, 500, 790, 860)
@@ -69,3 +70,34 @@ def build(path: Path, media: Path, shots: list[int], size: tuple[int, int] = (59
         for p in s.encode():
             c.mux(p)
     return starts
+
+
+def faces_by_frame(t) -> dict[int, np.ndarray]:  # noqa: ANN001 - a pyarrow Table of rows
+    """Face boxes (K, 4) of an annotation table, per frame index."""
+    d = t.select(["frame_index", "face_index", "x1", "y1", "x2", "y2"]).to_pydict()
+    out: dict[int, list] = {}
+    for i, f in enumerate(d["frame_index"]):
+        if d["face_index"][i] is not None:
+            out.setdefault(f, []).append([d[c][i] for c in ("x1", "y1", "x2", "y2")])
+    return {f: np.array(b) for f, b in out.items()}
+
+
+def found(ref, got) -> tuple[int, int]:  # noqa: ANN001 - pyarrow Tables of rows
+    """(faces of ``ref``, those ``got`` has in the same frame: box IoU > 0.5, greedily)."""
+    mine, total, hits = faces_by_frame(got), 0, 0
+    for f, rb in faces_by_frame(ref).items():
+        total += len(rb)
+        if f not in mine:
+            continue
+        m = box_iou(rb, mine[f])
+        used_r: set[int] = set()
+        used_g: set[int] = set()
+        for flat in np.argsort(-m, axis=None, kind="stable"):
+            i, j = divmod(int(flat), m.shape[1])
+            if m[i, j] <= 0.5:
+                break
+            if i not in used_r and j not in used_g:
+                used_r.add(i)
+                used_g.add(j)
+        hits += len(used_r)
+    return total, hits

@@ -24,7 +24,6 @@ from cage_cli.annotation.decode import Sampling, frames
 from cage_cli.annotation.inputs import MediaFile
 from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
 from cage_cli.annotation.read import read_annotations
-from cage_cli.annotation.track import box_iou
 from cage_cli.models import create_model
 from cage_cli.schema import SCHEMA
 
@@ -55,34 +54,6 @@ def annotate(path: Path, model, positions=None, **options) -> pa.Table:
     return pa.Table.from_batches([r.rows for r in results if r.rows is not None], SCHEMA)
 
 
-def found(ref: pa.Table, got: pa.Table) -> int:
-    """Faces of ``ref`` that ``got`` has in the same frame (box IoU > 0.5, greedily)."""
-    def boxes(t: pa.Table) -> dict[int, np.ndarray]:
-        d = t.to_pydict()
-        out: dict[int, list] = {}
-        for i, f in enumerate(d["frame_index"]):
-            if d["face_index"][i] is not None:
-                out.setdefault(f, []).append([d[c][i] for c in ("x1", "y1", "x2", "y2")])
-        return {f: np.array(b) for f, b in out.items()}
-
-    mine, hits = boxes(got), 0
-    for f, rb in boxes(ref).items():
-        if f not in mine:
-            continue
-        m = box_iou(rb, mine[f])
-        used_r: set[int] = set()
-        used_g: set[int] = set()
-        for flat in np.argsort(-m, axis=None, kind="stable"):
-            i, j = divmod(int(flat), m.shape[1])
-            if m[i, j] <= 0.5:
-                break
-            if i not in used_r and j not in used_g:
-                used_r.add(i)
-                used_g.add(j)
-        hits += len(used_r)
-    return hits
-
-
 @pytest.mark.parametrize("fps", [None, 5.0, 2.0, 1.0])
 def test_default_finds_what_full_detection_finds_and_no_track_spans_a_cut(cuts, model,
                                                                            fps) -> None:
@@ -96,7 +67,7 @@ def test_default_finds_what_full_detection_finds_and_no_track_spans_a_cut(cuts, 
     got = annotate(path, model, sampling=sampling, keep_empty=True)
     faces = got.filter(pa.compute.is_valid(got["face_index"]))
     assert ref.num_rows >= (90 if fps is None else 3 * fps)
-    assert found(ref, faces) >= 0.98 * ref.num_rows
+    assert cut_video.found(ref, faces)[1] >= 0.98 * ref.num_rows
     rows = got.to_pylist()
     true_shot = [bisect.bisect_right(starts, r["frame_index"]) - 1 for r in rows]
     # A cut between two sampled frames is found (and nothing else): the shot goes up there.
