@@ -138,22 +138,24 @@ def track_stats(rows: pa.Table) -> list[dict[str, Any]]:
     for i, t in enumerate(cols["track_id"]):
         if t is not None:
             groups.setdefault(t, []).append(i)
-    out = []
-    for t in sorted(groups):
-        idx = pa.array(groups[t])
-        times = [cols["timestamp_s"][i] for i in groups[t] if cols["timestamp_s"][i] is not None]
-        label, share = _dominant([cols["label"][i] for i in groups[t]])
-        out.append({
-            "track_id": t,
-            "frames": len({cols["frame_index"][i] for i in groups[t]}),
-            "first_s": round(min(times), 6) if times else None,
-            "last_s": round(max(times), 6) if times else None,
-            "dominant_expression": label,
-            "dominant_share": None if share is None else round(share, 6),
-            "mean_valence": _mean(faces.column("valence").take(idx)),
-            "mean_arousal": _mean(faces.column("arousal").take(idx)),
-        })
-    return out
+    return [{"track_id": t, **_group_stats(faces, cols, groups[t])} for t in sorted(groups)]
+
+
+def _group_stats(faces: pa.Table, cols: dict[str, list], idx: list[int]) -> dict[str, Any]:
+    """The stats of a track or person: the face rows ``idx`` of ``faces`` (``cols``: its
+    columns as lists)."""
+    times = [cols["timestamp_s"][i] for i in idx if cols["timestamp_s"][i] is not None]
+    label, share = _dominant([cols["label"][i] for i in idx])
+    take = pa.array(idx)
+    return {
+        "frames": len({cols["frame_index"][i] for i in idx}),
+        "first_s": round(min(times), 6) if times else None,
+        "last_s": round(max(times), 6) if times else None,
+        "dominant_expression": label,
+        "dominant_share": None if share is None else round(share, 6),
+        "mean_valence": _mean(faces.column("valence").take(take)),
+        "mean_arousal": _mean(faces.column("arousal").take(take)),
+    }
 
 
 def has_person_ids(rows: pa.Table) -> bool:
@@ -188,21 +190,13 @@ def person_stats(rows: pa.Table) -> list[dict[str, Any]]:
     out = []
     for p in sorted(groups):
         idx = groups[p]
-        times = [cols["timestamp_s"][i] for i in idx if cols["timestamp_s"][i] is not None]
-        frames = len({cols["frame_index"][i] for i in idx})
-        label, share = _dominant([cols["label"][i] for i in idx])
-        take = pa.array(idx)
+        stats = _group_stats(faces, cols, idx)
         out.append({
             "person_id": p,
             "tracks": len({cols["track_id"][i] for i in idx} - {None}),
-            "frames": frames,
-            "time_on_screen_s": None if step is None else round(frames * step, 6),
-            "first_s": round(min(times), 6) if times else None,
-            "last_s": round(max(times), 6) if times else None,
-            "dominant_expression": label,
-            "dominant_share": None if share is None else round(share, 6),
-            "mean_valence": _mean(faces.column("valence").take(take)),
-            "mean_arousal": _mean(faces.column("arousal").take(take)),
+            "frames": stats["frames"],
+            "time_on_screen_s": None if step is None else round(stats["frames"] * step, 6),
+            **stats,
         })
     return out
 
