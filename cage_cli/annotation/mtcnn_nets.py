@@ -50,6 +50,39 @@ def load_nets(device: torch.device) -> tuple[PNet, RNet, ONet]:
     return nets
 
 
+def max_pool_rows(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
+    """``pool(x)`` (no padding, ``ceil_mode``) for a channels-last (N, C, H, W) tensor on the
+    CPU, bit for bit: the maximum of strided views, rows first, then columns. torch's
+    channels-last kernel took 6.9 ms on P-Net's first 960x540 level, this 1.1 ms."""
+    k, s = pool.kernel_size, pool.stride
+    if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last) \
+            or min(x.shape[2:]) < k:
+        return pool(x)
+    v = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
+    return _window_max(_window_max(v, 1, k, s), 2, k, s).permute(0, 3, 1, 2)
+
+
+def _window_max(v: torch.Tensor, dim: int, k: int, s: int) -> torch.Tensor:
+    """Maxima of windows of ``k`` along ``dim``, ``s`` apart; with ``ceil_mode``, a last
+    window cut by the edge (torch's rule: it must start inside)."""
+    size = v.shape[dim]
+    n = -(-(size - k) // s) + 1
+    n -= (n - 1) * s >= size
+    full = (size - k) // s + 1  # windows wholly inside
+
+    def at(start: int, stop: int, step: int = 1) -> tuple[slice, ...]:
+        return (slice(None),) * dim + (slice(start, stop, step),)
+
+    out = v.new_empty(v.shape[:dim] + (n,) + v.shape[dim + 1 :])
+    head = out[at(0, full)]
+    torch.maximum(v[at(0, (full - 1) * s + 1, s)], v[at(1, (full - 1) * s + 2, s)], out=head)
+    for i in range(2, k):
+        torch.maximum(head, v[at(i, (full - 1) * s + 1 + i, s)], out=head)
+    for j in range(full, n):
+        out[at(j, j + 1)] = v[at(j * s, size)].amax(dim, keepdim=True)
+    return out
+
+
 class PNet(nn.Module):
     """MTCNN's proposal network (facenet-pytorch)."""
 
@@ -67,8 +100,7 @@ class PNet(nn.Module):
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.prelu1(self.conv1(x))
-        x = self.pool1(x)
+        x = max_pool_rows(self.prelu1(self.conv1(x)), self.pool1)
         x = self.prelu2(self.conv2(x))
         x = self.prelu3(self.conv3(x))
         return self.conv4_2(x), self.softmax4_1(self.conv4_1(x))
@@ -94,8 +126,8 @@ class RNet(nn.Module):
         self.dense5_2 = nn.Linear(128, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = max_pool_rows(self.prelu1(self.conv1(x)), self.pool1)
+        x = max_pool_rows(self.prelu2(self.conv2(x)), self.pool2)
         x = self.prelu3(self.conv3(x))
         x = x.permute(0, 3, 2, 1).contiguous()
         x = self.prelu4(self.dense4(x.view(x.shape[0], -1)))
@@ -126,9 +158,9 @@ class ONet(nn.Module):
         self.dense6_3 = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = max_pool_rows(self.prelu1(self.conv1(x)), self.pool1)
+        x = max_pool_rows(self.prelu2(self.conv2(x)), self.pool2)
+        x = max_pool_rows(self.prelu3(self.conv3(x)), self.pool3)
         x = self.prelu4(self.conv4(x))
         x = x.permute(0, 3, 2, 1).contiguous()
         x = self.prelu5(self.dense5(x.view(x.shape[0], -1)))

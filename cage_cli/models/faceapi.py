@@ -55,9 +55,9 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom = tf_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         left, right = tf_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return self._conv_forward(x, self.weight, self.bias)
+        if top == bottom and left == right:  # symmetric: the convolution pads (no copy)
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
+        return self._conv_forward(F.pad(x, (left, right, top, bottom)), self.weight, self.bias)
 
 
 class SeparableConv(nn.Module):
@@ -92,11 +92,13 @@ class DenseBlock(nn.Module):
         self.conv3 = SeparableConv(channels_out, channels_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out1 = F.relu(self.conv0(x))
+        # In place on the fresh sums (a + b == b + a in floating point): the same values as
+        # relu(out1 + (out2 + out3)) etc., without a new tensor per operation.
+        out1 = self.conv0(x).relu_()
         out2 = self.conv1(out1)
-        out3 = self.conv2(F.relu(out1 + out2))
-        out4 = self.conv3(F.relu(out1 + (out2 + out3)))
-        return F.relu(out1 + (out2 + (out3 + out4)))
+        out3 = self.conv2((out1 + out2).relu_())
+        out4 = self.conv3((out2 + out3).add_(out1).relu_())
+        return out4.add_(out3).add_(out2).add_(out1).relu_()
 
 
 class FaceExpressionNet(nn.Module):
