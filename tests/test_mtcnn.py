@@ -14,7 +14,7 @@ from facenet_pytorch import MTCNN as Reference
 from PIL import Image
 
 from cage_cli.annotation.mtcnn import MTCNN
-from cage_cli.annotation.mtcnn_nets import batched_nms, nms
+from cage_cli.annotation.mtcnn_nets import batched_nms, load_nets, max_pool_rows, nms
 
 
 def _frames() -> list[tuple[str, np.ndarray]]:
@@ -130,3 +130,36 @@ def test_annotate_does_not_import_torchvision(tmp_path) -> None:
     assert "imported: []" in out.stdout, out.stdout
     import pyarrow.parquet as pq
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 1  # it did annotate a face
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2)])
+@pytest.mark.parametrize("size", [(2, 3), (9, 9), (22, 23), (539, 959)])
+def test_max_pool_rows_is_torch_max_pool_bit_for_bit(kernel: int, stride: int,
+                                                      size: tuple[int, int]) -> None:
+    """The networks' ceil-mode pools on channels-last activations, on odd and even sizes
+    (the last window cut by the edge) and inputs smaller than the window."""
+    pool = torch.nn.MaxPool2d(kernel, stride, ceil_mode=True)
+    x = torch.randn(2, 10, *size).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = float("-inf")
+    got, want = max_pool_rows(x, pool), pool(x)
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_networks_give_the_same_outputs_as_with_torch_pools(monkeypatch) -> None:
+    """P-Net on a real photo, R-Net and O-Net on crops of it: bit for bit the outputs the
+    networks give with torch's own max pool."""
+    import cage_cli.annotation.mtcnn_nets as nets
+
+    frame = np.asarray(Image.open(MULTI).convert("RGB"))
+    x = torch.as_tensor((frame[None].astype(np.float32) - 127.5) * 0.0078125).permute(0, 3, 1, 2)
+    inputs = (x, x[:, :, :240:10, :240:10].repeat(5, 1, 1, 1),
+              x[:, :, :480:10, :480:10].repeat(3, 1, 1, 1))
+    for net, inp in zip(load_nets(torch.device("cpu")), inputs, strict=True):
+        net = net.to(memory_format=torch.channels_last)
+        inp = inp.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            got = net(inp)
+            with monkeypatch.context() as m:
+                m.setattr(nets, "max_pool_rows", lambda t, pool: pool(t))
+                want = net(inp)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

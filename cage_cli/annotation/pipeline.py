@@ -30,7 +30,7 @@ from .embed import load_embedding_model
 from .identity import DEFAULT_THRESHOLD
 from .infer import concat, submit_predictions, to_rows
 from .inputs import MediaFile, discover
-from .workers import Results, cpu_workers, release_memory
+from .workers import Results, cpu_workers, release_memory, tune_malloc
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,7 @@ class Pipeline:
         self.run_options = run
         self.model = model or create_model(options.model, options.weights, run.device,
                                            run.precision)
+        tune_malloc()
         self.workers = cpu_workers(self.model.device, run.threads)
         self.detector = Detector(options.detect, self.model.device, self.workers)
         self.embedder = (load_embedding_model(device=str(self.model.device))
@@ -242,7 +243,8 @@ class Pipeline:
                             break
                         yield from self._results(pending, concat(predictions.get()))
                         budget.release(pending.n_bytes)
-                        release_memory()
+                        if any(isinstance(x, _End) for x in pending.group):
+                            release_memory()  # between files; within a video, memory is reused
                     pending, group, n_frames, n_bytes = job, [], 0, 0
                 if item is _STOP:
                     if pending is not None and not self.stop.is_set():

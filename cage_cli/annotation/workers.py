@@ -62,20 +62,37 @@ class Results:
         return [x for part in out for x in part] if self._flat else out
 
 
-def _libc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None on other C libraries (macOS, musl)."""
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None on other C libraries (macOS, musl)."""
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both must exist
+        return libc
     except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _libc_trim()
+_glibc = _libc()
+#: mallopt's parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to this size come from the heap, not from a mapping of their own...
+MMAP_THRESHOLD = 32 * 2**20
+#: ...and free memory at the heap's top is handed back only past this
+TRIM_THRESHOLD = 64 * 2**20
+
+
+def tune_malloc() -> None:
+    """Keep freed heap memory for reuse during a run. Detection allocates and frees hundreds
+    of MiB of 1-35 MiB blocks a frame (frames, MTCNN's pyramid); with glibc's defaults these
+    are mapped and unmapped, or trimmed, and every reuse page-faults again: on interview.mp4
+    965k page faults, 1.8 s of system time in 12 s of CPU (docs/performance.md, "Memory")."""
+    if _glibc is not None:
+        _glibc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        _glibc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def release_memory() -> None:
-    """Hand freed heap memory back to the OS. glibc keeps freed blocks of large tensors
-    (frames, MTCNN's pyramid) for reuse, and with tensors of varying size the heap only
-    grows: on a 1080p video RSS climbed with every group (docs/performance.md, "Memory")."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    """Hand freed heap memory back to the OS (after a file: a big photo's detection memory,
+    326 MiB after a 51 MP photo, is not kept for the next one)."""
+    if _glibc is not None:
+        _glibc.malloc_trim(0)
