@@ -50,13 +50,17 @@ def load_nets(device: torch.device) -> tuple[PNet, RNet, ONet]:
     return nets
 
 
+#: max_pool_rows leaves tensors smaller than this to torch (its own calls cost more there)
+SMALL_POOL = 2**14
+
+
 def max_pool_rows(x: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
     """``pool(x)`` (no padding, ``ceil_mode``) for a channels-last (N, C, H, W) tensor on the
     CPU, bit for bit: the maximum of strided views, rows first, then columns. torch's
     channels-last kernel took 6.9 ms on P-Net's first 960x540 level, this 1.1 ms."""
     k, s = pool.kernel_size, pool.stride
     if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last) \
-            or min(x.shape[2:]) < k:
+            or min(x.shape[2:]) < k or x.numel() < SMALL_POOL:
         return pool(x)
     v = x.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
     return _window_max(_window_max(v, 1, k, s), 2, k, s).permute(0, 3, 1, 2)

@@ -74,7 +74,16 @@ class SeparableConv(nn.Module):
         self.pointwise = nn.Conv2d(channels_in, channels_out, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
+        x = self.depthwise(x)
+        if x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+            return self.pointwise(x)
+        # On a CPU the 1x1 convolution of channels-last maps is this matrix product, bit for
+        # bit, but torch's convolution first fills its output with the bias one pixel's
+        # channels at a time (as long as the product itself on 56x56 maps).
+        n, c, h, w = x.shape
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(n * h * w, c),
+                     self.pointwise.weight.view(-1, c), self.pointwise.bias)
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 class DenseBlock(nn.Module):
