@@ -17,6 +17,8 @@ Boxes and scores agree with facenet-pytorch to float rounding (tests/test_mtcnn.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -247,20 +249,23 @@ def _means(sat: torch.Tensor, corners: torch.Tensor, kh: torch.Tensor,
 def _level(sat: torch.Tensor, oh: int, ow: int, top: int = 0, bottom: int | None = None,
            left: int = 0, right: int | None = None) -> torch.Tensor:
     """Rows [top, bottom) and columns [left, right) of the frames area-resized to oh x ow,
-    (B, rows, columns, C) float32: the four corner sums of every bin, gathered rows first,
-    then columns (no index tensor per pixel), divided as _means divides."""
+    (B, rows, columns, C) float32: the corner sums of every bin, gathered rows first (their
+    difference), then columns (no index tensor per pixel), divided as _means divides."""
     h, w = sat.shape[1] - 1, sat.shape[2] - 1
-    r0, r1 = (r[top:bottom] for r in _bins(h, oh, sat.device))
-    c0, c1 = (c[left:right] for c in _bins(w, ow, sat.device))
-    top, bottom = sat.index_select(1, r0), sat.index_select(1, r1)
-    sums = bottom.index_select(2, c1) - top.index_select(2, c1)
-    sums -= bottom.index_select(2, c0)
-    del bottom
-    sums += top.index_select(2, c0)
-    del top
-    kh = (r1 - r0).float()[None, :, None, None]
-    kw = (c1 - c0).float()[None, None, :, None]
-    return sums.float() / kh / kw
+    r0, r1, kh = (x[top:bottom] for x in _level_bins(h, oh, sat.device))
+    c0, c1, kw = (x[left:right] for x in _level_bins(w, ow, sat.device))
+    rows = sat.index_select(1, r1).sub_(sat.index_select(1, r0))
+    sums = rows.index_select(2, c1).sub_(rows.index_select(2, c0))
+    del rows
+    return sums.float().div_(kh[None, :, None, None]).div_(kw[None, None, :, None])
+
+
+@functools.lru_cache(maxsize=256)
+def _level_bins(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """_bins of a pyramid level and each bin's pixel count (float32), kept: a video's frames
+    and windows reuse the same few levels. Read only."""
+    start, end = _bins(size, out, device)
+    return start, end, (end - start).float()
 
 
 def _pyramid(h: int, w: int, min_face: int, factor: float) -> list[tuple[float, int, int]]:
