@@ -105,8 +105,8 @@ def group_photo(width: int = 8000, height: int = 6000, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Faces of the shared photos pasted on a grey canvas, 40-150 px (their MTCNN box's
     shorter side), in a grid: the canvas and the pasted boxes (x1, y1, x2, y2)."""
-    from cage_cli.annotation.decode import load_image
-    from cage_cli.annotation.detect import DetectOptions, Detector
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
+    from cage_cli.annotation.io.decode import load_image
 
     detector = Detector(DetectOptions(max_side=None))
     sources = []
@@ -151,7 +151,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def recall(floors: list[float]) -> list[dict]:
     """Share of the pasted faces found (IoU >= 0.5), per detection floor: the size in px of
     a 40 px face where MTCNN looks (DetectOptions.floor_px_photo)."""
-    from cage_cli.annotation.detect import DetectOptions, Detector
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
 
     canvas, truth = group_photo()
     sides = np.minimum(truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1])
@@ -183,7 +183,7 @@ VIDEO_CASES = {"default": [], "detect-every 1": ["--detect-every", "1"]}
 def video_run(case: str, video: str) -> dict:
     """One `cage annotate VIDEO -o x.parquet` (VIDEO_CASES[case] added) in this process:
     run it in a fresh one."""
-    from cage_cli.annotation.read import read_annotations
+    from cage_cli.annotation.io.read import read_annotations
     from cage_cli.cli import app
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,9 +233,9 @@ def recall_4k(floors: list[float]) -> list[dict]:
     """The floor on 4K video (DetectOptions.floor_px_video): recall of faces >= 40 px tall
     against full-resolution detection, on 3840x2160 frames of 2x2 interview frames (every
     3rd, then every 2nd: the 4 frames of docs/performance.md's max-side table)."""
-    from cage_cli.annotation.decode import Sampling, frames
-    from cage_cli.annotation.detect import DetectOptions, Detector
-    from cage_cli.annotation.inputs import MediaFile
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
+    from cage_cli.annotation.io.decode import Sampling, frames
+    from cage_cli.annotation.io.inputs import MediaFile
 
     hd = [f.image for f in frames(MediaFile(str(MEDIA / "interview.mp4"), "video"),
                                   Sampling(every=3))][::2]

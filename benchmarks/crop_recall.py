@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cage_cli.annotation.decode import load_image
-from cage_cli.annotation.detect import DetectOptions, Detector
+from cage_cli.annotation.detection.detect import DetectOptions, Detector
+from cage_cli.annotation.io.decode import load_image
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 SIZES = (48, 64, 112, 224)

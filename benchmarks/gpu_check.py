@@ -87,8 +87,8 @@ def annotate_table(inputs: list[str], out: Path, device: str, max_frames: int | 
     (rows, Summary)."""
     import pyarrow.parquet as pq
 
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.annotation.runner import annotate_to
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.running.runner import annotate_to
 
     options = AnnotateOptions(persons=persons)
     if max_frames is not None:
@@ -328,21 +328,21 @@ class StageTimer:
         self._undo.append(lambda: setattr(owner, attr, original))
 
     def __enter__(self) -> StageTimer:
-        import cage_cli.annotation.infer
-        import cage_cli.annotation.pipeline
-        import cage_cli.annotation.runner
-        from cage_cli.annotation.detect import Detector
-        from cage_cli.annotation.write import DatasetWriter
+        import cage_cli.annotation.running.infer
+        import cage_cli.annotation.running.pipeline
+        import cage_cli.annotation.running.runner
+        from cage_cli.annotation.detection.detect import Detector
+        from cage_cli.annotation.io.write import DatasetWriter
         from cage_cli.models.registry import ExpressionModel
 
-        self._patch(cage_cli.annotation.pipeline, "frames", "decode", generator=True)
+        self._patch(cage_cli.annotation.running.pipeline, "frames", "decode", generator=True)
         self._patch(Detector, "_detect_same_size", "detect")  # keyframes, photos
         self._patch(Detector, "relocate", "detect")  # faces followed between keyframes
-        self._patch(cage_cli.annotation.infer, "crop_faces", "crop")
+        self._patch(cage_cli.annotation.running.infer, "crop_faces", "crop")
         self._patch(ExpressionModel, "predict", "classify")
-        self._patch(cage_cli.annotation.pipeline, "to_rows", "rows")
+        self._patch(cage_cli.annotation.running.pipeline, "to_rows", "rows")
         self._patch(DatasetWriter, "add", "write")
-        self._patch(cage_cli.annotation.runner, "merge_parts", "write")
+        self._patch(cage_cli.annotation.running.runner, "merge_parts", "write")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -414,8 +414,8 @@ class GpuSampler:
 
 
 def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.annotation.runner import annotate_to
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.running.runner import annotate_to
 
     target = 2000
     options = AnnotateOptions(persons=args.persons)
@@ -429,7 +429,7 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> dict:
             results[name] = {"error": "skipped: over --budget-s"}
             continue
         try:
-            from cage_cli.annotation.decode import video_index
+            from cage_cli.annotation.io.decode import video_index
 
             n = len(video_index(str(src))[0])
             loops = 2 if args.quick else max(1, round(target / n))

@@ -62,9 +62,9 @@ def arenas() -> str:
 
 
 def main(path: str, max_frames: int | None) -> None:
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import MediaFile
-    from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import MediaFile
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline
 
     pipeline = Pipeline(AnnotateOptions(sampling=Sampling(max_frames=max_frames)))
     print(f"start: rss {rss_mib():.0f} MiB, {heap()}")

@@ -18,10 +18,10 @@ length, 12 hard cuts, none at a multiple of 5 frames), and interview.mp4. For th
 also: the cuts found (the ``shot`` column against the true cuts between sampled frames) and the
 tracks that span a cut.
 
-**cuts**: the two measures of the cut test (cage_cli/annotation/shots.py) between consecutive
-sampled frames of the three videos at every frame and ``--fps 10`` to ``1``: their largest
-values within shots (continuous footage: false cuts above the thresholds) and smallest at the
-cut video's cuts.
+**cuts**: the two measures of the cut test (cage_cli/annotation/detection/shots.py) between
+consecutive sampled frames of the three videos at every frame and ``--fps 10`` to ``1``: their
+largest values within shots (continuous footage: false cuts above the thresholds) and smallest at
+the cut video's cuts.
 
 **speed**: whole processes, ``cage annotate VIDEO -o out.parquet --overwrite -q`` at full rate
 on interview.mp4 and short_clip.mp4, with the ``--before`` console script (main's code) and the
@@ -53,9 +53,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import cut_video  # noqa: E402
 from cut_video import found  # noqa: E402
 
-from cage_cli.annotation.decode import Sampling  # noqa: E402
-from cage_cli.annotation.inputs import MediaFile  # noqa: E402
-from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions  # noqa: E402
+from cage_cli.annotation.io.decode import Sampling  # noqa: E402
+from cage_cli.annotation.io.inputs import MediaFile  # noqa: E402
+from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions  # noqa: E402
 
 MEDIA = HERE.parents[1] / "shared" / "media"
 RESULTS = HERE / "results"
@@ -150,8 +150,8 @@ def share_part(results: dict, before: str | None, videos: str) -> list[str]:
 def cuts_part(results: dict) -> list[str]:
     """The cut tests' two measures between consecutive sampled frames (shots.py), within
     shots (continuous footage) and at cuts, per video and sampling rate."""
-    from cage_cli.annotation import shots
-    from cage_cli.annotation.decode import frames
+    from cage_cli.annotation.detection import shots
+    from cage_cli.annotation.io.decode import frames
 
     lines = ["| video | sampling | pairs | within a shot: colour change max | grey change max "
              "(frames <= 0.1 s apart) | grey change max (further) | cuts | at cuts: colour "

@@ -50,9 +50,9 @@ def main() -> None:
     import av
 
     from benchmarks.gpu_check import loop_video
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import discover
-    from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import discover
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline
 
     clip = MEDIA / "interview.mp4"
     with av.open(str(clip)) as c:

@@ -7,14 +7,14 @@ For every photo in identity/identities.csv (london/: 100 studio portraits of 50 
 as for photos) finds the faces; the person is the largest face (img31, img40 and img54 of wild/
 show others too). Each face is embedded by ``faceapi-recognition`` twice: from face-api's own
 box crop (box padded to a square, resized to 150) and from the crop aligned on its five
-landmarks (cage_cli.annotation.embed).
+landmarks (cage_cli.annotation.identity.embed).
 
 Measures:
 
 * verification on wild/pairs.csv (deepface's 528 pairs): accuracy at face-api's threshold 0.6,
   at the chosen default, and at the best threshold for these pairs (an optimistic number);
-* clustering (cage_cli.annotation.identity.link_persons, average and complete linkage) of each
-  set on its own, aligned crops: pairwise precision and recall at thresholds 0.30 .. 0.60;
+* clustering (cage_cli.annotation.identity.linkage.link_persons, average and complete linkage) of
+  each set on its own, aligned crops: pairwise precision and recall at thresholds 0.30 .. 0.60;
 * one person within one video (short_clip.mp4, every 5th frame): how far apart the descriptors
   of one person's faces are, one by one and as a mean of the 3 best faces of each half;
 * cost per face on this CPU: alignment, and embedding at batch 1 and 16 (median and fastest
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cage_cli.annotation.detect import DetectOptions, Detector
-from cage_cli.annotation.embed import (
+from cage_cli.annotation.detection.detect import DetectOptions, Detector
+from cage_cli.annotation.identity.embed import (
     align_face,
     box_crops,
     distances,
@@ -47,7 +47,12 @@ from cage_cli.annotation.embed import (
     face_quality,
     load_embedding_model,
 )
-from cage_cli.annotation.identity import DEFAULT_THRESHOLD, LINKAGES, link_persons, pair_scores
+from cage_cli.annotation.identity.linkage import (
+    DEFAULT_THRESHOLD,
+    LINKAGES,
+    link_persons,
+    pair_scores,
+)
 
 IDENTITY = Path(__file__).resolve().parents[2] / "shared" / "identity"
 VIDEO = IDENTITY.parent / "media" / "short_clip.mp4"

@@ -97,7 +97,7 @@ def pair_scores(truth: list[str], predicted: list[int]) -> dict:
 
 
 def linking(tmp: Path) -> list[dict]:
-    from cage_cli.annotation.persons import link_sources
+    from cage_cli.annotation.identity.persons import link_sources
 
     folder, truth = photo_set(tmp)
     out = tmp / "photos.parquet"

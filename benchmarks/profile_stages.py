@@ -29,12 +29,12 @@ import torch  # noqa: E402,F401 - timed as start-up
 
 T_TORCH = time.process_time()
 
-import cage_cli.annotation.detect as detect  # noqa: E402
-import cage_cli.annotation.infer as infer  # noqa: E402
-import cage_cli.annotation.mtcnn as mtcnn  # noqa: E402
-import cage_cli.annotation.persons as persons  # noqa: E402
-import cage_cli.annotation.pipeline as pipeline  # noqa: E402
-import cage_cli.annotation.write as write  # noqa: E402
+import cage_cli.annotation.detection.detect as detect  # noqa: E402
+import cage_cli.annotation.detection.mtcnn as mtcnn  # noqa: E402
+import cage_cli.annotation.identity.persons as persons  # noqa: E402
+import cage_cli.annotation.io.write as write  # noqa: E402
+import cage_cli.annotation.running.infer as infer  # noqa: E402
+import cage_cli.annotation.running.pipeline as pipeline  # noqa: E402
 from cage_cli.cli import app  # noqa: E402
 
 T_IMPORT = time.process_time()

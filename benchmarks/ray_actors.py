@@ -28,10 +28,10 @@ MEDIA = ROOT.parent / "shared" / "media"
 def main() -> None:
     import ray
 
-    from cage_cli.annotation.cluster import RayOptions, RayPipeline
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import discover
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import discover
+    from cage_cli.annotation.running.cluster import RayOptions, RayPipeline
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cpus", type=int, default=2)

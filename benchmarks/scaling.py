@@ -48,9 +48,9 @@ RESULTS = HERE / "results"
 
 def child(case: dict) -> dict:
     """One case: warm up, then time one annotate_to run; returns its numbers."""
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
-    from cage_cli.annotation.runner import annotate_to
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.running.runner import annotate_to
 
     options = AnnotateOptions(sampling=Sampling(max_frames=case["max_frames"]))
     run = RunOptions(threads=case["threads"])
@@ -61,7 +61,7 @@ def child(case: dict) -> dict:
 
         import ray
 
-        from cage_cli.annotation.cluster import RayOptions
+        from cage_cli.annotation.running.cluster import RayOptions
 
         ray.init(num_cpus=case["ray"], include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)

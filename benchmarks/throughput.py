@@ -27,7 +27,7 @@ last prediction is. Cases, on short_clip.mp4 (all frames), interview.mp4 (the fi
   a user runs it; its process time, start to exit, is the whole-process figure that issue 18's
   targets compare with the naive loop's and fer's processes;
 - decode / detect / infer: each stage alone on the same input:
-  cage_cli.annotation.decode.frames; cage's Detector with cage's CPU worker threads on
+  cage_cli.annotation.io.decode.frames; cage's Detector with cage's CPU worker threads on
   pre-decoded frames (also on BGR frames, as fer feeds MTCNN); the model on pre-cut crops in
   batches of 64 (the ceiling of each stage).
 
@@ -107,25 +107,25 @@ def _set_threads(case: dict) -> None:
 
 
 def _media_files(case: dict) -> list:
-    from cage_cli.annotation.inputs import MediaFile
+    from cage_cli.annotation.io.inputs import MediaFile
 
     return [MediaFile(p, "video" if _is_video(p) else "image") for p in case["paths"]]
 
 
 def _sampling(case: dict):
-    from cage_cli.annotation.decode import Sampling
+    from cage_cli.annotation.io.decode import Sampling
 
     return Sampling(max_frames=case.get("max_frames"))
 
 
 def _decode_all(case: dict) -> list:
-    from cage_cli.annotation.decode import frames
+    from cage_cli.annotation.io.decode import frames
 
     return [f.image for file in _media_files(case) for f in frames(file, _sampling(case))]
 
 
 def _detect_options(case: dict, **extra):
-    from cage_cli.annotation.detect import DetectOptions
+    from cage_cli.annotation.detection.detect import DetectOptions
 
     kw = dict(extra)
     if case.get("max_side", DEFAULT) != DEFAULT:
@@ -134,7 +134,7 @@ def _detect_options(case: dict, **extra):
 
 
 def child_decode(case: dict) -> dict:
-    from cage_cli.annotation.decode import frames
+    from cage_cli.annotation.io.decode import frames
 
     start, n = _clock(), 0
     for file in _media_files(case):
@@ -144,9 +144,9 @@ def child_decode(case: dict) -> dict:
 
 
 def child_detect(case: dict) -> dict:
-    from cage_cli.annotation.detect import Detector
-    from cage_cli.annotation.pipeline import RunOptions
-    from cage_cli.annotation.workers import cpu_workers
+    from cage_cli.annotation.detection.detect import Detector
+    from cage_cli.annotation.running.pipeline import RunOptions
+    from cage_cli.annotation.running.workers import cpu_workers
 
     _set_threads(case)
     images = _decode_all(case)
@@ -170,7 +170,7 @@ def child_infer(case: dict) -> dict:
     import torch
     from PIL import Image
 
-    from cage_cli.annotation.detect import Detector
+    from cage_cli.annotation.detection.detect import Detector
     from cage_cli.models import DEFAULT_MODEL, create_model
     from cage_cli.preprocess import crop_faces
 
@@ -203,7 +203,7 @@ def child_naive(case: dict) -> dict:
     from facenet_pytorch import MTCNN
     from PIL import Image
 
-    from cage_cli.annotation.decode import load_image
+    from cage_cli.annotation.io.decode import load_image
     from cage_cli.models import DEFAULT_MODEL, create_model
     from cage_cli.preprocess import crop_faces
 
@@ -243,7 +243,7 @@ def child_naive(case: dict) -> dict:
 
 
 def child_cage(case: dict) -> dict:
-    from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions
 
     run_kw = {k: case[k] for k in ("threads", "frames_per_batch", "batch_size", "buffer_mb")
               if case.get(k) is not None}
@@ -331,10 +331,10 @@ def child_recall(case: dict) -> dict:
     """Detection recall and time per frame for each max_side, interleaved frame by frame."""
     import numpy as np
 
-    from cage_cli.annotation.decode import frames as decode_frames
-    from cage_cli.annotation.decode import load_image
-    from cage_cli.annotation.detect import Detector
-    from cage_cli.annotation.inputs import MediaFile
+    from cage_cli.annotation.detection.detect import Detector
+    from cage_cli.annotation.io.decode import frames as decode_frames
+    from cage_cli.annotation.io.decode import load_image
+    from cage_cli.annotation.io.inputs import MediaFile
 
     _set_threads(case)
 
@@ -626,8 +626,8 @@ def cage_defaults() -> dict:
     """The speed-related defaults of the cage under test."""
     from dataclasses import asdict
 
-    from cage_cli.annotation.detect import DetectOptions
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.detection.detect import DetectOptions
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
 
     d = DetectOptions()
     return {"detect_every": AnnotateOptions().detect_every, "det_max_side": d.max_side,
@@ -659,7 +659,7 @@ def headline_cases(name: str) -> list[tuple[str, dict]]:
 
 def alt_max_side() -> int:
     """The det max_side compared with cage's default on the large inputs."""
-    from cage_cli.annotation.detect import DetectOptions
+    from cage_cli.annotation.detection.detect import DetectOptions
 
     return 1280 if DetectOptions().max_side == 960 else 960
 
@@ -859,7 +859,7 @@ def targets(results: dict) -> list[dict]:
     if all(lengths):
         # Frames in flight fill the decode buffer (RunOptions.buffer_mb) once the video holds
         # more than it; from there on memory must not grow.
-        from cage_cli.annotation.pipeline import RunOptions
+        from cage_cli.annotation.running.pipeline import RunOptions
 
         buffer_mb = RunOptions().buffer_mb
         growth = lengths[-1] - lengths[1]
@@ -928,7 +928,7 @@ def render(results: dict) -> str:
                 f"Lower median of {results['repeats']} interleaved round(s) (of 2: the "
                 "faster); frames/s range over the rounds. Wall time from the first frame read "
                 "to the last prediction (imports and model loading excluded). Stages alone: "
-                "decode = cage_cli.annotation.decode.frames; detect = cage's Detector on "
+                "decode = cage_cli.annotation.io.decode.frames; detect = cage's Detector on "
                 "pre-decoded frames (default max_side); infer = the default model on pre-cut "
                 "crops in batches of 64 (frames/s: the frames those crops came from). CPU ms/frame "
                 "counts all threads. 'whole s': the case's process from start to exit "

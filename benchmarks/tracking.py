@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from cage_cli.annotation.inputs import discover
-from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
-from cage_cli.annotation.track import box_iou as iou
+from cage_cli.annotation.detection.track import box_iou as iou
+from cage_cli.annotation.io.inputs import discover
+from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions
 
 HERE = Path(__file__).resolve().parent
 MEDIA = HERE.parents[1] / "shared" / "media"

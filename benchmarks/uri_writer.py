@@ -34,8 +34,8 @@ def case(rows_file: str, target: str) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cage_cli.annotation.pipeline import Result
-    from cage_cli.annotation.write import DatasetWriter, merge_parts
+    from cage_cli.annotation.io.write import DatasetWriter, merge_parts
+    from cage_cli.annotation.running.pipeline import Result
 
     base = pq.read_table(rows_file)
     reps = -(-ROWS_EACH // base.num_rows)
@@ -43,7 +43,7 @@ def case(rows_file: str, target: str) -> float:
     batches = [one.set_column(0, one.schema.field(0), pa.array([f"in{i:03d}.mp4"] * ROWS_EACH))
                .to_batches()[0] for i in range(INPUTS)]
     try:
-        from cage_cli.annotation.write import output_location
+        from cage_cli.annotation.io.write import output_location
         folder = output_location(target.format("parts/"))
         final = output_location(target.format("faces.parquet"))
     except ImportError:  # a checkout before URI outputs: local paths only

@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 DEFAULT_MODEL = "faceapi-expression"
 
 _EXPORTS = {
-    "annotate": "annotation.pipeline",
-    "AnnotateOptions": "annotation.pipeline",
-    "RunOptions": "annotation.pipeline",
-    "Pipeline": "annotation.pipeline",
-    "annotate_to": "annotation.runner",
+    "annotate": "annotation.running.pipeline",
+    "AnnotateOptions": "annotation.running.pipeline",
+    "RunOptions": "annotation.running.pipeline",
+    "Pipeline": "annotation.running.pipeline",
+    "annotate_to": "annotation.running.runner",
     "create_model": "models",
     "list_models": "models",
     "SCHEMA": "schema",

@@ -20,8 +20,8 @@ from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from . import DEFAULT_MODEL, __version__
-from .annotation.detect import DetectOptions
-from .annotation.identity import DEFAULT_THRESHOLD
+from .annotation.detection.detect import DetectOptions
+from .annotation.identity.linkage import DEFAULT_THRESHOLD
 
 
 def _names_not_types(params: list) -> list:
@@ -133,7 +133,7 @@ def fail(message: str, code: int = 2) -> None:
 def _beside(annotations: str, suffix: str) -> str:
     """A default output next to the annotations: faces.parquet + ".png" -> faces.png (for
     annotations on a URI, s3://bucket/faces.parquet, in the working folder)."""
-    from .annotation.store import is_uri, uri_path
+    from .annotation.io.store import is_uri, uri_path
 
     if is_uri(annotations):
         return Path(uri_path(annotations).rstrip("/")).stem + suffix
@@ -304,13 +304,13 @@ def annotate(
         metavar="N", min=0,
         help="With --ray, detect a video of more than N sampled frames in segments of about "
              "N frames, one task each (same rows); 0: never split.",
-        rich_help_panel="Runs")] = 2000,  # cage_cli.annotation.cluster.RayOptions.segment_frames
+        rich_help_panel="Runs")] = 2000,  # running.cluster.RayOptions.segment_frames
     ray_gpu_actors: Annotated[Optional[bool], typer.Option(  # noqa: UP045
         "--ray-gpu-actors/--no-ray-gpu-actors", show_default="on when the cluster has GPUs",
         help="With --ray: classify on a pool of GPU actors that batch the faces of several "
              "tasks, tasks detecting on their CPUs; off: each task runs the whole pipeline "
              "on a share of a GPU. docs/scaling.md.",
-        rich_help_panel="Runs")] = None,  # cage_cli.annotation.cluster.RayOptions.classify_actors
+        rich_help_panel="Runs")] = None,  # running.cluster.RayOptions.classify_actors
     part_seconds: Annotated[float, typer.Option(
         metavar="SECONDS", hidden=True,
         help="Commit a part file at least this often (seconds).")] = 30.0,
@@ -335,14 +335,14 @@ def annotate(
     cage annotate big_collection/ -o out_dir/ --resume
     ```
     """
-    from .annotation.cluster import INSTALL_HINT, RayOptions, have_ray
-    from .annotation.decode import Sampling
-    from .annotation.detect import DETECTORS
-    from .annotation.inputs import discover, parse_shard, read_list
-    from .annotation.pipeline import AnnotateOptions, RunOptions
-    from .annotation.progress import RunProgress, print_summary
-    from .annotation.runner import annotate_to
-    from .annotation.write import OutputError
+    from .annotation.detection.detect import DETECTORS
+    from .annotation.io.decode import Sampling
+    from .annotation.io.inputs import discover, parse_shard, read_list
+    from .annotation.io.write import OutputError
+    from .annotation.running.cluster import INSTALL_HINT, RayOptions, have_ray
+    from .annotation.running.pipeline import AnnotateOptions, RunOptions
+    from .annotation.running.progress import RunProgress, print_summary
+    from .annotation.running.runner import annotate_to
     from .models import ModelError
 
     paths = list(inputs or [])
@@ -809,7 +809,7 @@ def plot_cmd(
     cage plot faces.parquet --source interview.mp4 --tracks 8 -o interview.svg
     ```
     """
-    from .annotation.store import is_uri, uri_path
+    from .annotation.io.store import is_uri, uri_path
     from .view import plot as plots
     from .view.summary import VizError, load_annotations
 
@@ -873,7 +873,7 @@ def summary_cmd(
     """
     import json
 
-    from .annotation.store import redact
+    from .annotation.io.store import redact
     from .view.summary import VizError, load_annotations, print_summary, summarize
 
     if tracks < 0:

@@ -12,9 +12,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from cage_cli.annotation.decode import frames
-from cage_cli.annotation.inputs import MediaFile
-from cage_cli.annotation.track import box_iou
+from cage_cli.annotation.detection.track import box_iou
+from cage_cli.annotation.io.decode import frames
+from cage_cli.annotation.io.inputs import MediaFile
 
 #: the part of interview.mp4's 1920x1080 frames (x1, y1, x2, y2) where its largest faces walk
 INTERVIEW_REGION = (150, 500, 790, 860)

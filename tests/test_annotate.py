@@ -16,7 +16,7 @@ import pytest
 from conftest import CLIP, MULTI, NOFACE, SINGLE, cage, read
 from PIL import Image
 
-from cage_cli.annotation.write import csv_batch
+from cage_cli.annotation.io.write import csv_batch
 from cage_cli.schema import CSV_SCHEMA, EXPRESSIONS, SCHEMA
 
 
@@ -89,9 +89,9 @@ def test_fps_sampling_and_keep_empty(tmp_path: Path) -> None:
 
 def test_formats_give_same_rows(tmp_path: Path) -> None:
     """Parquet, JSONL and CSV hold the same rows, nulls included (the --keep-empty row of
-    no_faces.jpg has null strings), read back by cage_cli.annotation.read and by docs/schema.md's
+    no_faces.jpg has null strings), read back by cage_cli.annotation.io.read and by docs/schema.md's
     recipes."""
-    from cage_cli.annotation.read import read_annotations
+    from cage_cli.annotation.io.read import read_annotations
 
     tables, outs = {}, {}
     for ext in ("parquet", "jsonl", "csv"):

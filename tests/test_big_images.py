@@ -18,9 +18,9 @@ from conftest import CLIP, MEDIA, MULTI, NOFACE, ROOT, SINGLE, cage
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
-from cage_cli.annotation.decode import DecodeError, Sampling, frames, load_image
-from cage_cli.annotation.detect import Detector
-from cage_cli.annotation.inputs import MediaFile
+from cage_cli.annotation.detection.detect import Detector
+from cage_cli.annotation.io.decode import DecodeError, Sampling, frames, load_image
+from cage_cli.annotation.io.inputs import MediaFile
 from cage_cli.cli import app
 
 

@@ -13,7 +13,7 @@ from conftest import NOFACE, cage
 from typer.testing import CliRunner
 
 from cage_cli import DEFAULT_MODEL, __version__
-from cage_cli.annotation.read import read_run_info
+from cage_cli.annotation.io.read import read_run_info
 from cage_cli.cli import app
 
 GROUP = typer.main.get_command(app)

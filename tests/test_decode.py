@@ -14,9 +14,9 @@ import pytest
 from conftest import CLIP, INTERVIEW, SINGLE
 from PIL import Image
 
-from cage_cli.annotation import decode
-from cage_cli.annotation.decode import Sampling, frames
-from cage_cli.annotation.inputs import MediaFile
+from cage_cli.annotation.io import decode
+from cage_cli.annotation.io.decode import Sampling, frames
+from cage_cli.annotation.io.inputs import MediaFile
 
 
 def _decord_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from conftest import CLIP, ROOT, SINGLE
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 #: Distributions cage_cli uses without an import statement: facenet-pytorch ships the MTCNN
-#: weights, found with importlib.util.find_spec (cage_cli/annotation/mtcnn_nets.py).
+#: weights, found with importlib.util.find_spec (cage_cli/annotation/detection/mtcnn_nets.py).
 DATA_ONLY = {"facenet-pytorch"}
 
 
@@ -82,7 +82,7 @@ sys.meta_path.insert(0, NotInstalled())
 import cage_cli
 for m in pkgutil.walk_packages(cage_cli.__path__, "cage_cli."):
     # cluster needs ray (the [ray] extra); __main__ runs the CLI
-    if m.name not in ("cage_cli.annotation.cluster", "cage_cli.__main__"):
+    if m.name not in ("cage_cli.annotation.running.cluster", "cage_cli.__main__"):
         importlib.import_module(m.name)
 from typer.main import get_command
 from typer.testing import CliRunner

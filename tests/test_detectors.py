@@ -9,8 +9,8 @@ import pytest
 from conftest import MULTI, NOFACE, SINGLE, cage, read
 from PIL import Image
 
-from cage_cli.annotation.decode import load_image
-from cage_cli.annotation.detect import DetectOptions, Detector
+from cage_cli.annotation.detection.detect import DetectOptions, Detector
+from cage_cli.annotation.io.decode import load_image
 
 SIZES = (48, 64, 112, 224)
 

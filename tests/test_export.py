@@ -17,7 +17,7 @@ from conftest import CLIP, INTERVIEW, MULTI, SINGLE, cage
 from PIL import Image, ImageOps
 
 from cage_cli import DEFAULT_MODEL
-from cage_cli.annotation.read import read_annotations
+from cage_cli.annotation.io.read import read_annotations
 from cage_cli.export.prelabel import LABEL_COLUMNS, read_manifest
 from cage_cli.schema import EXPRESSIONS, PROB_COLUMNS
 from cage_cli.train.datasets import load_data

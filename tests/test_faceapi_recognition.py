@@ -1,5 +1,5 @@
 """faceapi-recognition: the PyTorch port of face-api.js's FaceRecognitionNet, and the aligned
-crops cage feeds it (cage_cli.annotation.embed).
+crops cage feeds it (cage_cli.annotation.identity.embed).
 
 The reference descriptors come from face-api itself (Node, tfjs cpu backend), see
 scripts/faceapi/make_recognition_fixture.py.
@@ -60,7 +60,7 @@ def test_alignment_reproduces_the_fixture_crops(reference):
     """face_crops on the stored landmarks gives the crops face-api was run on."""
     import decord
 
-    from cage_cli.annotation.embed import face_crops
+    from cage_cli.annotation.identity.embed import face_crops
 
     crops = []
     for source in dict.fromkeys(reference["sources"]):
@@ -77,7 +77,7 @@ def test_alignment_reproduces_the_fixture_crops(reference):
 
 def test_same_person_is_closer_than_different_people(reference):
     """short_clip.mp4's one face in frames 0 and 60 against the 6 people of multiface.jpg."""
-    from cage_cli.annotation.embed import distances
+    from cage_cli.annotation.identity.embed import distances
 
     src, d = reference["sources"], reference["descriptors"]
     clip = d[src == "short_clip.mp4#0"], d[src == "short_clip.mp4#60"]

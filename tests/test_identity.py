@@ -1,4 +1,4 @@
-"""Person linking (cage_cli.annotation.identity) and the embedding front end (embed.py), on
+"""Person linking (cage_cli.annotation.identity.linkage) and the embedding front end (embed.py), on
 real faces: the aligned shared photos' descriptors in the face-api reference fixture, and a
 few photos of ../shared/identity."""
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from cage_cli.annotation.embed import (
+from cage_cli.annotation.identity.embed import (
     CROP_SIZE,
     align_face,
     distances,
@@ -21,7 +21,7 @@ from cage_cli.annotation.embed import (
     similarity_transform,
     template,
 )
-from cage_cli.annotation.identity import link_persons, overlap_constraints, pair_scores
+from cage_cli.annotation.identity.linkage import link_persons, overlap_constraints, pair_scores
 
 FIXTURE = Path(__file__).parent / "fixtures" / "faceapi_recognition_reference.npz"
 IDENTITY = ROOT.parent / "shared" / "identity"
@@ -39,7 +39,7 @@ def reference():
 @pytest.fixture(scope="module")
 def identity_faces():
     """(images, MTCNN landmarks, boxes) of the largest face of each photo in PHOTOS."""
-    from cage_cli.annotation.detect import DetectOptions, Detector
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
 
     detector = Detector(DetectOptions(), "cpu")
     images, marks, boxes = [], [], []
@@ -78,7 +78,7 @@ def test_similarity_transform_recovers_a_known_one():
 def test_aligned_crop_puts_the_eyes_level_where_the_template_says(identity_faces):
     """A photo rotated by 20 degrees: the aligned crop's eyes (found again by MTCNN) are level
     and at the template's positions, as in the unrotated photo's crop."""
-    from cage_cli.annotation.detect import DetectOptions, Detector
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
 
     image = Image.fromarray(identity_faces[0][0])
     rotated = np.asarray(image.rotate(20, resample=Image.Resampling.BICUBIC, expand=True))

@@ -1,6 +1,7 @@
-"""What annotate reads (issue 35): the containers and photo formats of cage_cli.annotation.inputs,
-each made here from the shared media, give the same faces as their source; explicit paths are
-probed by content; folder walks skip by extension and say which files they skipped."""
+"""What annotate reads (issue 35): the containers and photo formats of
+cage_cli.annotation.io.inputs, each made here from the shared media, give the same faces as their
+source; explicit paths are probed by content; folder walks skip by extension and say which files
+they skipped."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import CLIP, MULTI, SINGLE, cage
 from PIL import Image, features
 
-from cage_cli.annotation.inputs import (
+from cage_cli.annotation.io.inputs import (
     FORMATS,
     SKIPPED_CONTENT,
     SKIPPED_EXTENSION,
@@ -180,7 +181,7 @@ def test_every_listed_extension_has_a_kind_and_a_reason() -> None:
 def test_heif_reader_is_loaded_only_when_a_heif_file_is_seen(made: Path) -> None:
     code = (
         "import sys\n"
-        "from cage_cli.annotation.decode import load_image\n"
+        "from cage_cli.annotation.io.decode import load_image\n"
         f"a = load_image({str(MULTI)!r}); b = load_image({str(made / 'faces.avif')!r})\n"
         "assert not {'pi_heif', 'pillow_heif'} & set(sys.modules), 'loaded too early'\n"
         f"h = load_image({str(made / 'faces.heic')!r})\n"

@@ -18,12 +18,12 @@ from conftest import CLIP, INTERVIEW, MEDIA, cage, read
 from PIL import Image
 from test_runs import assert_same_rows
 
-from cage_cli.annotation import shots
-from cage_cli.annotation.cluster import _joined
-from cage_cli.annotation.decode import Sampling, frames
-from cage_cli.annotation.inputs import MediaFile
-from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
-from cage_cli.annotation.read import read_annotations
+from cage_cli.annotation.detection import shots
+from cage_cli.annotation.io.decode import Sampling, frames
+from cage_cli.annotation.io.inputs import MediaFile
+from cage_cli.annotation.io.read import read_annotations
+from cage_cli.annotation.running.cluster import _joined
+from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions
 from cage_cli.models import create_model
 from cage_cli.schema import SCHEMA
 

@@ -1,4 +1,5 @@
-"""cage_cli.annotation.mtcnn gives facenet-pytorch's MTCNN detections on real media, faster."""
+"""cage_cli.annotation.detection.mtcnn gives facenet-pytorch's MTCNN detections on real media,
+faster."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from conftest import CLIP, INTERVIEW, MEDIA, MULTI, NOFACE, SINGLE
 from facenet_pytorch import MTCNN as Reference
 from PIL import Image
 
-from cage_cli.annotation.mtcnn import MTCNN
-from cage_cli.annotation.mtcnn_nets import batched_nms, load_nets, max_pool_rows, nms
+from cage_cli.annotation.detection.mtcnn import MTCNN
+from cage_cli.annotation.detection.mtcnn_nets import batched_nms, load_nets, max_pool_rows, nms
 
 
 def _frames() -> list[tuple[str, np.ndarray]]:
@@ -148,7 +149,7 @@ def test_max_pool_rows_is_torch_max_pool_bit_for_bit(kernel: int, stride: int,
 def test_networks_give_the_same_outputs_as_with_torch_pools(monkeypatch) -> None:
     """P-Net on a real photo, R-Net and O-Net on crops of it: bit for bit the outputs the
     networks give with torch's own max pool."""
-    import cage_cli.annotation.mtcnn_nets as nets
+    import cage_cli.annotation.detection.mtcnn_nets as nets
 
     frame = np.asarray(Image.open(MULTI).convert("RGB"))
     x = torch.as_tensor((frame[None].astype(np.float32) - 127.5) * 0.0078125).permute(0, 3, 1, 2)

@@ -15,7 +15,7 @@ import pytest
 from conftest import CLIP, MEDIA, MULTI, SINGLE, cage, read
 from test_runs import read_folder, run_cli, signal_after_first_part
 
-from cage_cli.annotation.read import read_annotations
+from cage_cli.annotation.io.read import read_annotations
 from cage_cli.schema import SCHEMA
 
 CLIP_FRAMES = ["--max-frames", "30"]
@@ -218,9 +218,9 @@ def test_appearance_ends_a_track_that_boxes_would_carry_onto_someone_else(
     import torch
     from PIL import Image
 
-    from cage_cli.annotation import track
-    from cage_cli.annotation.detect import DetectOptions, Detector
-    from cage_cli.annotation.embed import embed_faces
+    from cage_cli.annotation.detection import track
+    from cage_cli.annotation.detection.detect import DetectOptions, Detector
+    from cage_cli.annotation.identity.embed import embed_faces
 
     detector = Detector(DetectOptions(), torch.device("cpu"), None)
     faces = {}

@@ -25,8 +25,8 @@ from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
 from test_track import _face, _write
 
-from cage_cli.annotation.decode import video_frames_at
-from cage_cli.annotation.embed import face_quality
+from cage_cli.annotation.identity.embed import face_quality
+from cage_cli.annotation.io.decode import video_frames_at
 from cage_cli.export.prelabel import crop_region, crop_square, pick_diverse, read_manifest
 from cage_cli.schema import EXPRESSIONS, LANDMARK_COLUMNS
 from cage_cli.view.plot import THUMB_PX, build_figure, cut_thumbnails, pick_thumbnails

@@ -20,7 +20,7 @@ import pytest
 from conftest import CLIP, INTERVIEW, MEDIA, SINGLE, cage, read
 from test_runs import assert_same_rows, rows_by_key
 
-from cage_cli.annotation.cluster import have_ray
+from cage_cli.annotation.running.cluster import have_ray
 
 needs_ray = pytest.mark.skipif(not have_ray(), reason="ray is not installed (pip install "
                                                       "'cage-cli[ray]')")
@@ -91,10 +91,10 @@ def worker_pids(task: str = "annotate_task", holding: Path | None = None) -> lis
 @needs_ray
 def test_same_rows_as_local_run(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
     """Through the Python API: the rows, their order, the metadata and the summary."""
-    from cage_cli.annotation.cluster import RayOptions
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.pipeline import AnnotateOptions
-    from cage_cli.annotation.runner import annotate_to
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.running.cluster import RayOptions
+    from cage_cli.annotation.running.pipeline import AnnotateOptions
+    from cage_cli.annotation.running.runner import annotate_to
 
     options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
     pieces = []
@@ -132,7 +132,7 @@ def _same_run_info(a: pa.Table, b: pa.Table) -> bool:
 def test_worker_killed_mid_input(ray_address: str, local: pa.Table, tmp_path: Path) -> None:
     """SIGKILL a worker while it runs a task: Ray retries the task, the retry's part replaces
     anything the dead attempt left, no row is lost or doubled."""
-    from cage_cli.annotation.write import read_done
+    from cage_cli.annotation.io.write import read_done
 
     killed: list[int] = []
 
@@ -158,11 +158,11 @@ def test_task_that_keeps_dying_is_a_failed_input(ray_address: str, tmp_path: Pat
     """With no retries left, the inputs of a killed task are failed (exit 1) with a one-line
     reason, not lost silently; the other inputs' rows are kept, and --resume completes the
     run with a local run's rows."""
-    from cage_cli.annotation.cluster import RayOptions
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.pipeline import AnnotateOptions
-    from cage_cli.annotation.runner import annotate_to
-    from cage_cli.annotation.write import read_done
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.write import read_done
+    from cage_cli.annotation.running.cluster import RayOptions
+    from cage_cli.annotation.running.pipeline import AnnotateOptions
+    from cage_cli.annotation.running.runner import annotate_to
 
     options = AnnotateOptions(sampling=Sampling(max_frames=24))
     inputs, out = [str(INTERVIEW), str(SINGLE)], f"{tmp_path}/ds/"
@@ -210,7 +210,7 @@ def test_bad_inputs_same_errors_as_local(ray_address: str, tmp_path: Path) -> No
 
 
 def test_segments_cut_at_chunk_boundaries() -> None:
-    from cage_cli.annotation.cluster import segments
+    from cage_cli.annotation.running.cluster import segments
 
     assert segments(30, 10, 5) == [(0, 10), (10, 20), (20, None)]
     assert segments(31, 10, 5) == [(0, 10), (10, 20), (20, 30), (30, None)]
@@ -223,10 +223,10 @@ def test_segment_rows_do_not_depend_on_the_cuts() -> None:
     whole run's rows, also when the cuts come from a wrong frame count (the driver reads it
     from the header): segments past the end are empty, the open-ended last one takes the
     rest. --keep-empty rows and --smooth values too."""
-    from cage_cli.annotation.cluster import _joined, segments
-    from cage_cli.annotation.decode import Sampling, estimated_count
-    from cage_cli.annotation.inputs import MediaFile
-    from cage_cli.annotation.pipeline import AnnotateOptions, Pipeline, RunOptions
+    from cage_cli.annotation.io.decode import Sampling, estimated_count
+    from cage_cli.annotation.io.inputs import MediaFile
+    from cage_cli.annotation.running.cluster import _joined, segments
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions
     from cage_cli.schema import SCHEMA
 
     options = AnnotateOptions(sampling=Sampling(max_frames=30), keep_empty=True, smooth=0.5)
@@ -255,10 +255,10 @@ def test_long_videos_in_segments(ray_address: str, tmp_path: Path,
     segment tasks (seen running), then tracked whole; the rows, track ids and --smooth
     values equal a local run's. With --smooth a segment's worker is also killed: Ray
     retries the segment, nothing is lost or doubled."""
-    from cage_cli.annotation.cluster import RayOptions, RayPipeline
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import MediaFile
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import MediaFile
+    from cage_cli.annotation.running.cluster import RayOptions, RayPipeline
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
 
     options = AnnotateOptions(sampling=Sampling(max_frames=30))
     assert [len(RayPipeline(options, RunOptions(), RayOptions(segment_frames=10))._segments(
@@ -358,10 +358,10 @@ def test_classify_on_actors(ray_address: str, local: pa.Table, tmp_path: Path) -
     there is no GPU here: tasks decode, detect, crop and track, the actor classifies every
     face (the tasks hold no network), the tasks build the rows: a local run's rows. Videos in
     segments too."""
-    from cage_cli.annotation.cluster import RayOptions, RayPipeline, drop_duplicates
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import discover
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import discover
+    from cage_cli.annotation.running.cluster import RayOptions, RayPipeline, drop_duplicates
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
 
     options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
     pipeline = RayPipeline(options, RunOptions(), RayOptions(classify_actors=True,
@@ -386,8 +386,8 @@ def test_s3_output(ray_address: str, local: pa.Table, s3, tmp_path: Path) -> Non
     into the bucket and the driver merges them into one object; a folder output resumes from
     the parts' footers there and the duplicate guard works on it; a missing bucket is one
     line, exit 2."""
-    from cage_cli.annotation.cluster import drop_duplicates
-    from cage_cli.annotation.store import UriPath
+    from cage_cli.annotation.io.store import UriPath
+    from cage_cli.annotation.running.cluster import drop_duplicates
 
     uri, fs = s3
     inputs = [MEDIA / "single_face.jpg", MEDIA / "short_clip.mp4"]
@@ -444,10 +444,10 @@ def test_progress_actor_gone(ray_address: str, local: pa.Table, tmp_path: Path) 
     on with a new one, every input done, a local run's rows."""
     import ray
 
-    from cage_cli.annotation.cluster import RayOptions, RayPipeline, drop_duplicates
-    from cage_cli.annotation.decode import Sampling
-    from cage_cli.annotation.inputs import discover
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.io.inputs import discover
+    from cage_cli.annotation.running.cluster import RayOptions, RayPipeline, drop_duplicates
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
 
     options = AnnotateOptions(sampling=Sampling(max_frames=int(SAMPLING[1])))
     pipeline = RayPipeline(options, RunOptions(), RayOptions())
@@ -471,8 +471,8 @@ def test_classifier_actor_gone(ray_address: str) -> None:
     import ray
     import torch
 
-    from cage_cli.annotation.cluster import ActorModel, Classifier
-    from cage_cli.annotation.pipeline import AnnotateOptions, RunOptions
+    from cage_cli.annotation.running.cluster import ActorModel, Classifier
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, RunOptions
     from cage_cli.models import create_model
 
     options = AnnotateOptions()
@@ -501,15 +501,15 @@ def test_upload_temp_of_a_killed_writer_is_removed(tmp_path: Path, monkeypatch) 
     next run) removes it, and never the file of a writer still alive."""
     import tempfile
 
-    from cage_cli.annotation.store import UriPath
-    from cage_cli.annotation.write import remove_stale_temps, temp_for
+    from cage_cli.annotation.io.store import UriPath
+    from cage_cli.annotation.io.write import remove_stale_temps, temp_for
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     code = ("import os, signal, sys, tempfile; tempfile.tempdir = sys.argv[1]; "
-            "from cage_cli.annotation.store import UriPath; "
-            "from cage_cli.annotation.write import temp_for; "
+            "from cage_cli.annotation.io.store import UriPath; "
+            "from cage_cli.annotation.io.write import temp_for; "
             "t = temp_for(UriPath.from_uri(sys.argv[2])); t.write_bytes(b'x' * 1000); "
             "os.kill(os.getpid(), signal.SIGKILL)")
     r = subprocess.run([sys.executable, "-c", code, str(tmp),

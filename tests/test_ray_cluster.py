@@ -23,7 +23,7 @@ import pytest
 from conftest import MEDIA, cage, read
 from test_runs import assert_same_rows
 
-from cage_cli.annotation.cluster import have_ray
+from cage_cli.annotation.running.cluster import have_ray
 
 pytestmark = pytest.mark.skipif(not have_ray(), reason="ray is not installed")
 SAMPLING = ["--max-frames", "12"]

@@ -20,9 +20,9 @@ from conftest import CLIP, MEDIA, MULTI, NOFACE, SINGLE, cage
 from PIL import Image
 from pyarrow.fs import FileSelector
 
-from cage_cli.annotation.decode import load_image
-from cage_cli.annotation.read import read_annotations, read_run_info
-from cage_cli.annotation.write import merge_parts
+from cage_cli.annotation.io.decode import load_image
+from cage_cli.annotation.io.read import read_annotations, read_run_info
+from cage_cli.annotation.io.write import merge_parts
 from cage_cli.schema import EXPRESSIONS
 from cage_cli.view.plot import build_figure
 from cage_cli.view.render import LABEL_COLORS, render_video

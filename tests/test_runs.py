@@ -230,7 +230,7 @@ def corpus(tmp_path_factory) -> Path:
 def corpus_run(corpus: Path, tmp_path_factory):
     import builtins
 
-    import cage_cli.annotation.decode as decode
+    import cage_cli.annotation.io.decode as decode
 
     out = tmp_path_factory.mktemp("corpus_out") / "out.parquet"
     real_open = builtins.open
@@ -294,7 +294,7 @@ def test_bad_input_keeps_every_good_row(corpus_run) -> None:
 def test_disk_full_keeps_finished_inputs(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from cage_cli.annotation.write import DatasetWriter
+    from cage_cli.annotation.io.write import DatasetWriter
 
     real = DatasetWriter._flush_pending
     calls = {"n": 0}
@@ -328,10 +328,10 @@ def test_missing_input_path_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_uri_output(tmp_path: Path) -> None:
-    """-o file:///... goes through the generic pyarrow filesystem code (cage_cli.annotation.store: a
-    file is written locally, then copied beside its final name and renamed): the rows of a plain
-    path, nothing left beside them; a folder output resumes from its parts' footers; a bad URI is
-    one line, exit 2."""
+    """-o file:///... goes through the generic pyarrow filesystem code
+    (cage_cli.annotation.io.store: a file is written locally, then copied beside its final name and
+    renamed): the rows of a plain path, nothing left beside them; a folder output resumes from its
+    parts' footers; a bad URI is one line, exit 2."""
     args = [SINGLE, MULTI, CLIP, "--max-frames", "3"]
     plain = cage("annotate", *args, "-o", tmp_path / "plain.parquet")
     r = cage("annotate", *args, "-o", f"file://{tmp_path}/uri.parquet")

@@ -14,11 +14,11 @@ import pytest
 from conftest import CLIP, MEDIA, SINGLE, cage, read
 from PIL import Image
 
-from cage_cli.annotation import track
-from cage_cli.annotation.decode import frames
-from cage_cli.annotation.detect import DetectOptions, Detector
-from cage_cli.annotation.inputs import discover
-from cage_cli.annotation.workers import Workers
+from cage_cli.annotation.detection import track
+from cage_cli.annotation.detection.detect import DetectOptions, Detector
+from cage_cli.annotation.io.decode import frames
+from cage_cli.annotation.io.inputs import discover
+from cage_cli.annotation.running.workers import Workers
 
 NO_MARKS = np.full((5, 2), np.nan)
 
@@ -265,8 +265,8 @@ def test_rows_do_not_depend_on_how_fast_frames_are_decoded(monkeypatch) -> None:
 
     import pyarrow as pa
 
-    from cage_cli.annotation import pipeline
-    from cage_cli.annotation.decode import Sampling
+    from cage_cli.annotation.io.decode import Sampling
+    from cage_cli.annotation.running import pipeline
 
     files = discover([str(CLIP)]).files
     p = pipeline.Pipeline(pipeline.AnnotateOptions(sampling=Sampling(max_frames=12)),

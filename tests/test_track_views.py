@@ -23,8 +23,8 @@ import pytest
 from conftest import CLIP, INTERVIEW, SINGLE, cage
 from PIL import Image
 
-from cage_cli.annotation.decode import video_frames_at
-from cage_cli.annotation.read import read_annotations
+from cage_cli.annotation.io.decode import video_frames_at
+from cage_cli.annotation.io.read import read_annotations
 from cage_cli.export.prelabel import ExportError, per_track, pick_diverse, read_manifest
 from cage_cli.schema import EXPRESSIONS, SCHEMA
 from cage_cli.view.plot import _label_runs, _track_series, build_figure

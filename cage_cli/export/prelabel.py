@@ -40,7 +40,7 @@ import numpy as np
 from ..schema import EXPRESSIONS, PROB_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..annotation.store import UriPath
+    from ..annotation.io.store import UriPath
 
 IMAGE_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
 MANIFEST_FORMATS = ("csv", "parquet")
@@ -513,7 +513,7 @@ def _frames_of(path: Path, media: str, indices: list[int],
 
     Photos go through decode.load_image (EXIF rotation applied, as annotate saw them); videos
     are decoded again as annotate decoded them, keeping the recorded frame indices."""
-    from ..annotation.decode import DecodeError, _check_readable, load_image, video_frames_at
+    from ..annotation.io.decode import DecodeError, _check_readable, load_image, video_frames_at
 
     _check_readable(str(path))
     w, h = size
@@ -733,9 +733,9 @@ def export(annotations: str | Path, out_dir: str | Path, o: ExportOptions,
     """
     from PIL import Image
 
-    from ..annotation.decode import DecodeError
-    from ..annotation.read import location, read_annotations
-    from ..annotation.write import OutputError
+    from ..annotation.io.decode import DecodeError
+    from ..annotation.io.read import location, read_annotations
+    from ..annotation.io.write import OutputError
 
     t0 = time.monotonic()
     check_options(o)

@@ -166,7 +166,7 @@ register_model(
         classes=(),
         va_method="none",
         # The box crop face-api makes (pad to a square with black, TF bilinear resize to 150);
-        # cage_cli.annotation.embed aligns faces on their landmarks instead (better, measured).
+        # annotation.identity.embed aligns faces on their landmarks instead (better, measured).
         crop=CropConfig(margin=0.0, square="pad", pad_value=0, resample="tf_bilinear"),
         weights="faceapi_recognition.pt",
         output="embedding",

@@ -450,7 +450,7 @@ def detect_faces(data: FaceData, device: str = "cpu", cache: Path | None = None,
     Boxes are cached in ``cache`` (JSON, keyed by path) when given, so a resumed run does not
     detect again.
     """
-    from ..annotation.mtcnn import MTCNN
+    from ..annotation.detection.mtcnn import MTCNN
 
     known: dict[str, list[float] | None] = {}
     if cache is not None and cache.is_file():

@@ -1,5 +1,5 @@
 """`cage persons`: run-wide persons over outputs of `cage annotate --persons`
-(cage_cli.annotation.persons.link_sources), written as a table that joins onto the rows."""
+(cage_cli.annotation.identity.persons.link_sources), written as a table that joins onto the rows."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 def link_outputs(annotations: list[str], output: str, threshold: float,
                  overwrite: bool = False) -> pa.Table:
     """Read the outputs, link their persons, write ``output``; returns the persons table."""
-    from ..annotation.persons import link_sources
+    from ..annotation.identity.persons import link_sources
 
     out = Path(output)
     fmt = FORMATS.get(out.suffix.lower())

@@ -375,9 +375,9 @@ def _track_timelines(ax_v, ax_a, ax_l, rows: pa.Table, source: str, stats: list[
 def pick_thumbnails(rows: pa.Table, key: str) -> dict[int, dict]:
     """Per id in column ``key`` (``track_id`` or ``person_id``): the row of its best face for
     a thumbnail: highest landmark quality (size and frontality,
-    cage_cli.annotation.embed.face_quality) times detector score, then the larger box, then
+    cage_cli.annotation.identity.embed.face_quality) times detector score, then the larger box, then
     the earlier frame."""
-    from ..annotation.embed import face_quality
+    from ..annotation.identity.embed import face_quality
     from ..schema import LANDMARK_COLUMNS
 
     faces = _faces(rows).filter(pc.is_valid(_faces(rows).column(key)))
@@ -403,7 +403,7 @@ def cut_thumbnails(source: str, media: str, picks: dict[int, dict], roots: list[
     """THUMB_PX square crops (margin 0.15) of the picked rows, cut from ``source`` (as
     recorded, or relative to one of ``roots``); {} with a note to ``log`` when the source is
     not found or cannot be read."""
-    from ..annotation.decode import DecodeError, load_image, video_frames_at
+    from ..annotation.io.decode import DecodeError, load_image, video_frames_at
     from ..export.prelabel import crop_region, crop_square
 
     if not picks:

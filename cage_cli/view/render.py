@@ -9,8 +9,8 @@ which keeps the label's colour. A face with a ``person_id`` (``cage annotate --p
 the person's colour instead (:func:`person_color`, the colour of the person's line in
 `cage plot`) and a ``P<id>`` badge: all tracks of one person look the same.
 
-Photos are read with :func:`cage_cli.annotation.decode.load_image` (EXIF orientation applied, like
-`cage annotate`), so boxes land where they were found. Videos are decoded with PyAV and
+Photos are read with :func:`cage_cli.annotation.io.decode.load_image` (EXIF orientation applied,
+like `cage annotate`), so boxes land where they were found. Videos are decoded with PyAV and
 re-encoded as H.264 MP4 with the source's size, frame count and frame timestamps (so the same
 duration and frame rate); an AAC/MP3/... audio track is copied unchanged.
 
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont
 
-from ..annotation.inputs import media_kind
+from ..annotation.io.inputs import media_kind
 from ..schema import EXPRESSIONS, LANDMARK_COLUMNS
 from .summary import VizError, load_annotations, match_source, sources_of
 
@@ -345,7 +345,7 @@ def _tmp_name(target: Path) -> Path:
 
 
 def render_image(path: Path, rows: pa.Table, out: Path) -> None:
-    from ..annotation.decode import DecodeError, load_image
+    from ..annotation.io.decode import DecodeError, load_image
 
     try:
         image = Image.fromarray(load_image(str(path)))
@@ -378,7 +378,7 @@ def _sampled_frames(path: Path, run_info: list[dict] | None) -> set[int] | None:
     if len(samplings) != 1 or not isinstance(sampling, dict):
         return None
     try:
-        from ..annotation.decode import Sampling, sample_indices, video_index
+        from ..annotation.io.decode import Sampling, sample_indices, video_index
 
         ts, _ = video_index(str(path))  # the timestamps annotate sampled from
         return set(sample_indices(ts, Sampling(**sampling)).tolist())

@@ -35,8 +35,8 @@ def load_annotations(path: str | Path) -> tuple[pa.Table, list[dict] | None]:
 
     Raises :class:`VizError` for a missing file or one that is not an annotation output.
     """
-    from ..annotation.read import location, read_annotations, read_run_info
-    from ..annotation.write import OutputError
+    from ..annotation.io.read import location, read_annotations, read_run_info
+    from ..annotation.io.write import OutputError
 
     try:
         p = location(path)

@@ -2,10 +2,10 @@
 
 Dev only; needs the Node reference (``cd scripts/faceapi && npm ci``) and /work/shared/media.
 
-1. Detects faces with cage's own MTCNN (cage_cli.annotation.detect.Detector, default options)
-   in the shared photos and a few frames of the shared videos (decord).
-2. Aligns every face on its five landmarks (cage_cli.annotation.embed.face_crops: 150x150 uint8,
-   the crop cage feeds the model).
+1. Detects faces with cage's own MTCNN (cage_cli.annotation.detection.detect.Detector, default
+   options) in the shared photos and a few frames of the shared videos (decord).
+2. Aligns every face on its five landmarks (cage_cli.annotation.identity.embed.face_crops: 150x150
+   uint8, the crop cage feeds the model).
 3. Runs scripts/faceapi/run_reference.js --net recognition (face-api 1.7.15, tfjs 4.22.0, cpu
    backend, offline) on exactly those crops: face-api's FaceRecognitionNet.forwardInput, whose
    output computeFaceDescriptor returns (-> ``descriptors``, what the port must reproduce).
@@ -33,8 +33,8 @@ sys.path.insert(0, str(HERE))
 
 from make_fixture import MEDIA, run_node  # noqa: E402
 
-from cage_cli.annotation.detect import DetectOptions, Detector  # noqa: E402
-from cage_cli.annotation.embed import face_crops  # noqa: E402
+from cage_cli.annotation.detection.detect import DetectOptions, Detector  # noqa: E402
+from cage_cli.annotation.identity.embed import face_crops  # noqa: E402
 
 PHOTOS = ["single_face.jpg", "multiface.jpg", "portrait_angelina_jolie.jpg",
           "portrait_kate_siegel.jpg", "portrait_paul_rudd.jpg", "portrait_shea_whigham.jpg"]

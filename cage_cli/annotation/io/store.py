@@ -2,7 +2,7 @@
 anything :meth:`pyarrow.fs.FileSystem.from_uri` accepts (docs/scaling.md).
 
 :class:`UriPath` has the few :class:`pathlib.Path` methods the writer uses
-(cage_cli/annotation/write.py), so the part protocol runs unchanged on it. Object stores have no
+(cage_cli/annotation/io/write.py), so the part protocol runs unchanged on it. Object stores have no
 rename, so a file is written to a local temporary file first (``write.temp_for``) and then made
 visible under its final name in one step (:meth:`UriPath.publish`): on an object store, one upload
 stream, whose object appears only when the stream closes; elsewhere (``file://``, HDFS) a copy

@@ -14,14 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from .. import __version__
-from ..schema import SCHEMA_VERSION
-from . import cluster
-from .cluster import RayOptions
-from .inputs import Inputs, discover, in_shard
-from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
-from .store import UriPath, one_line, redact
-from .write import (
+from ... import __version__
+from ...schema import SCHEMA_VERSION
+from ..io.inputs import Inputs, discover, in_shard
+from ..io.store import UriPath, one_line, redact
+from ..io.write import (
     PARTIAL_SUFFIX,
     DatasetWriter,
     OutputError,
@@ -34,6 +31,9 @@ from .write import (
     remove_tree,
     write_json_atomic,
 )
+from . import cluster
+from .cluster import RayOptions
+from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions
 
 #: The run metadata names at most this many of the files left out as not media (all are
 #: counted in ``files_skipped``).
@@ -146,7 +146,7 @@ def annotate_to(
     """Annotate ``inputs`` into ``output`` (file, folder/ or '-'). Raises OutputError for
     problems the user must fix before anything runs; bad input files are reported, not raised.
 
-    With ``ray`` (cage_cli.annotation.cluster.RayOptions) the work runs as tasks on a Ray
+    With ``ray`` (cage_cli.annotation.running.cluster.RayOptions) the work runs as tasks on a Ray
     cluster that write the part files themselves; everything else is the same.
     """
     started = time.monotonic()

@@ -16,8 +16,8 @@ square with black, TF bilinear resize to 150).
 
 Descriptors are returned as the network gives them (not normalised), so that distances are
 face-api's and dlib's: Euclidean, with 0.6 their "same person" threshold (too loose for
-studio photos of different people; cage_cli.annotation.identity's default is 0.45, measured in
-docs/persons.md). Their norms are about 1.4-1.6.
+studio photos of different people; cage_cli.annotation.identity.linkage's default is 0.45, measured
+in docs/persons.md). Their norms are about 1.4-1.6.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ..preprocess import FrameImage, crop_faces
+from ...preprocess import FrameImage, crop_faces
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models import EmbeddingModel
+    from ...models import EmbeddingModel
 
 #: The default face-embedding model.
 EMBEDDING_MODEL = "faceapi-recognition"
@@ -124,7 +124,7 @@ def box_crops(image: FrameImage, boxes: np.ndarray, model: EmbeddingModel | None
               ) -> np.ndarray:
     """face-api's own crops of these boxes (K, 4): the box as is, padded to a square with black,
     TF bilinear resize to 150 (K, 150, 150, 3) uint8. Worse than aligned crops (measured)."""
-    from ..models import get_config
+    from ...models import get_config
 
     config = model.config if model is not None else get_config(EMBEDDING_MODEL)
     return crop_faces(image, np.asarray(boxes, np.float32), config).numpy()
@@ -134,7 +134,7 @@ def load_embedding_model(weights: str | None = None, device: str = "cpu",
                          precision: str = "fp32") -> EmbeddingModel:
     """The bundled face-embedding model (``faceapi-recognition``), or ``weights``.
     Raises cage_cli.models.ModelError with a one-line message when it cannot be loaded."""
-    from ..models import create_embedding_model
+    from ...models import create_embedding_model
 
     return create_embedding_model(EMBEDDING_MODEL, weights, device, precision)
 

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..models import EmbeddingModel, ExpressionModel
-from ..models.registry import CPU_CHUNK
-from ..preprocess import crop_faces
-from ..schema import EMBEDDING_TYPE, EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
-from .decode import Frame
-from .detect import Faces
-from .persons import embed_faces_of
+from ...models import EmbeddingModel, ExpressionModel
+from ...models.registry import CPU_CHUNK
+from ...preprocess import crop_faces
+from ...schema import EMBEDDING_TYPE, EXPRESSIONS, LANDMARK_COLUMNS, PROB_COLUMNS, SCHEMA, f32
+from ..detection.detect import Faces
+from ..identity.persons import embed_faces_of
+from ..io.decode import Frame
 from .workers import Results, Workers
 
 
@@ -130,7 +130,7 @@ def to_rows(model: ExpressionModel, frames: list[Frame], faces: list[Faces],
         "valence": _numbers(valence, f32),
         "arousal": _numbers(arousal, f32),
         "va_method": _strings(np.where(has_face, model.config.va_method, None).tolist()),
-        "person_id": pa.nulls(len(of_row), pa.int32()),  # cage_cli.annotation.persons
+        "person_id": pa.nulls(len(of_row), pa.int32()),  # cage_cli.annotation.identity.persons
         "embedding": _embeddings(per_face(preds["embedding"][:m]) if "embedding" in preds
                                  else np.full((len(of_row), 0), np.nan, np.float32)),
     }

@@ -1,5 +1,5 @@
-"""The progress actor of ``--ray`` runs (cage_cli.annotation.cluster), in a module of its own
-so that its process starts without importing torch."""
+"""The progress actor of ``--ray`` runs (cage_cli.annotation.running.cluster), in a module of its
+own so that its process starts without importing torch."""
 
 from __future__ import annotations
 

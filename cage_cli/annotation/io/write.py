@@ -11,7 +11,7 @@ is exactly what the part files say.
   name beside it, then renamed) and the folder is removed.
 * ``-o -``: JSON lines on stdout, no resume.
 * ``-o s3://bucket/prefix/`` (or ``.../out.parquet``; any pyarrow filesystem URI): the same,
-  through :class:`cage_cli.annotation.store.UriPath`; a file is written locally, then
+  through :class:`cage_cli.annotation.io.store.UriPath`; a file is written locally, then
   published under its final name in one step (``temp_for``, ``_fsync_rename``).
 
 ``--resume`` reads the done inputs back from the parts and skips them.
@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..schema import CSV_SCHEMA, SCHEMA
-from .pipeline import Result
+from ...schema import CSV_SCHEMA, SCHEMA
+from ..running.pipeline import Result
 from .store import UriPath, is_uri, one_line, redact, uri_path
 
 FORMATS = ("parquet", "jsonl", "csv")
@@ -320,7 +320,7 @@ def merge_parts(parts: list[Path | UriPath], final: Path | UriPath, fmt: str,
 
 def csv_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """A batch as CSV holds it: ``embedding`` as text, its values separated by spaces, each
-    with the 9 digits that give the float32 back (cage_cli.annotation.read reads it)."""
+    with the 9 digits that give the float32 back (cage_cli.annotation.io.read reads it)."""
     i = SCHEMA.get_field_index("embedding")
     text = [None if v is None else " ".join(format(x, ".9g") for x in v)
             for v in batch.column(i).to_pylist()]

@@ -1,18 +1,19 @@
-"""Stage 3: find faces. MTCNN (facenet-pytorch's networks, run by cage_cli.annotation.mtcnn).
+"""Stage 3: find faces. MTCNN (facenet-pytorch's networks, run by ``detection.mtcnn``).
 
 Detection can run on a downscaled copy of each frame (``det_max_side``); boxes and landmarks
 are mapped back to full-resolution pixels, and crops are always cut from the full frame.
 
 Videos are detected in *chunks* (--detect-every K): full MTCNN on a keyframe (the first sampled
-frame of each block of K video frames, and the first after a cut: cage_cli.annotation.pipeline)
-and the sampled frames after it up to the next keyframe. Each face found on the keyframe is
-searched for again, frame by frame, by MTCNN in a window around where it is predicted to be
-(``MTCNN.near``: the boxes are those full detection gives; ``face_source`` "tracked"). A face not
-found there has no row in that frame (no guessed boxes); it is searched for again in the chunk's
-next frames, from where it was last seen. New faces appear at the next keyframe. Each face found
-between keyframes carries a *link*: the index of the keyframe face it continues
-(cage_cli.annotation.track gives it that face's id). A chunk depends only on its own frames, so
-chunks are detected in parallel, and rows do not depend on how frames are grouped.
+frame of each block of K video frames, and the first after a cut:
+cage_cli.annotation.running.pipeline) and the sampled frames after it up to the next keyframe. Each
+face found on the keyframe is searched for again, frame by frame, by MTCNN in a window around where
+it is predicted to be (``MTCNN.near``: the boxes are those full detection gives; ``face_source``
+"tracked"). A face not found there has no row in that frame (no guessed boxes); it is searched for
+again in the chunk's next frames, from where it was last seen. New faces appear at the next
+keyframe. Each face found between keyframes carries a *link*: the index of the keyframe face it
+continues (cage_cli.annotation.detection.track gives it that face's id). A chunk depends only on
+its own frames, so chunks are detected in parallel, and rows do not depend on how frames are
+grouped.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..running.workers import Results
 from .track import box_iou
-from .workers import Results
 
 if TYPE_CHECKING:  # pragma: no cover - torch loads when a Detector is built, not for --help
     import torch
@@ -125,8 +126,8 @@ def downscale(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class Detector:
     """MTCNN with our thresholds; call with a list of (H, W, 3) uint8 frames.
 
-    With a ``pool`` (cage_cli.annotation.workers: threads with one torch thread each), frames
-    on the CPU are detected in parallel, one per thread: MTCNN's many small operators scale
+    With a ``pool`` (cage_cli.annotation.running.workers: threads with one torch thread each),
+    frames on the CPU are detected in parallel, one per thread: MTCNN's many small operators scale
     poorly over intra-op threads, and whole frames in parallel are faster (measured in
     docs/performance.md).
     """

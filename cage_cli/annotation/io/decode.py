@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import shots
+from ..detection import shots
 from .inputs import MediaFile
 
 #: --max-pixels: larger images and video frames are refused from their header, undecoded.
@@ -59,7 +59,7 @@ def frames(file: MediaFile, sampling: Sampling = Sampling(),
     ``positions`` (first, end): of a video, only the sampled frames at those positions (a
     segment of a ``--ray`` run), numbered as in the whole video, each end moved on to the
     next frame that begins a block of ``block`` video frames (a keyframe whatever the
-    pictures, cage_cli.annotation.pipeline), so that a segment splits no chunk."""
+    pictures, cage_cli.annotation.running.pipeline), so that a segment splits no chunk."""
     _check_readable(file.path)
     if file.media == "image":
         yield Frame(file.path, "image", 0, None, load_image(file.path, sampling.max_pixels))

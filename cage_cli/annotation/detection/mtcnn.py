@@ -2,7 +2,7 @@
 
 The steps and thresholds are those of ``facenet_pytorch.models.utils.detect_face`` (MIT
 licence), and the networks and weights are facenet-pytorch's own, carried in
-``cage_cli.annotation.mtcnn_nets`` so that the facenet_pytorch package (which imports
+``cage_cli.annotation.detection.mtcnn_nets`` so that the facenet_pytorch package (which imports
 torchvision) is never imported. Two things change, both for speed:
 
 - Every "area" resize (the image pyramid and the 24/48 px crops for the second and third
@@ -68,7 +68,7 @@ class MTCNN:
         pixels is at most ``WINDOW_LEVEL_MAX`` px. P-Net's output there is the full frame's
         (same integral image, same bins, a grid aligned with the full level's), so faces
         inside the windows come out as full detection finds them, at a fraction of the cost.
-        Used between keyframes to re-locate known faces (cage_cli.annotation.detect)."""
+        Used between keyframes to re-locate known faces (cage_cli.annotation.detection.detect)."""
         return self._detect(frame[None], min_face, np.asarray(windows, np.float64),
                             max_face)[0]
 

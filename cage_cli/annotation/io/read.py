@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..schema import CSV_SCHEMA, EMBEDDING_TYPE, SCHEMA
+from ...schema import CSV_SCHEMA, EMBEDDING_TYPE, SCHEMA
 from .store import UriPath
 from .write import META_KEY, OutputError, arrow_source, output_location, read_footer
 

@@ -1,9 +1,9 @@
 """``cage annotate --ray``: the same pipeline on a Ray cluster (docs/scaling.md).
 
 The driver splits the inputs into tasks (each video alone, photos in small batches). A task runs the
-ordinary :class:`~cage_cli.annotation.pipeline.Pipeline` over its inputs, in a worker process that
-keeps the model loaded between tasks, and writes its rows with the ordinary
-:class:`~cage_cli.annotation.write.DatasetWriter` into the output's part folder. A long video is
+ordinary :class:`~cage_cli.annotation.running.pipeline.Pipeline` over its inputs, in a worker
+process that keeps the model loaded between tasks, and writes its rows with the ordinary
+:class:`~cage_cli.annotation.io.write.DatasetWriter` into the output's part folder. A long video is
 first detected in segments (``segment_task``, cut at --detect-every chunk boundaries), and its task
 tracks their detections in order into the rows of a local run:
 
@@ -22,7 +22,8 @@ the crops of several tasks into its model calls; the rows are built in the task.
 
 Progress comes back while tasks run: each task reports per-input frame and face counts to a
 small actor that the driver polls, and the driver turns them into
-:class:`~cage_cli.annotation.pipeline.Result` pieces for ``annotate_to`` (progress bar, summary).
+:class:`~cage_cli.annotation.running.pipeline.Result` pieces for ``annotate_to`` (progress bar,
+summary).
 """
 
 from __future__ import annotations
@@ -49,14 +50,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ..models import ModelConfig
-from .cluster_progress import Progress
-from .decode import estimated_count
-from .infer import concat, submit_predictions
-from .inputs import MediaFile
-from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions, _Job
-from .store import UriPath, one_line
-from .write import (
+from ...models import ModelConfig
+from ..io.decode import estimated_count
+from ..io.inputs import MediaFile
+from ..io.store import UriPath, one_line
+from ..io.write import (
     DONE_KEY,
     META_KEY,
     DatasetWriter,
@@ -67,6 +65,9 @@ from .write import (
     remove_stale_temps,
     temp_for,
 )
+from .cluster_progress import Progress
+from .infer import concat, submit_predictions
+from .pipeline import AnnotateOptions, Pipeline, Result, RunOptions, _Job
 
 TAG = "ray"  # the run record is _cage_run-ray.json; parts are part-ray<hash>-<seq>.parquet
 PARTS = f"part-{TAG}*-*.parquet"
@@ -271,7 +272,7 @@ class Classifier:
     the requests waiting together, up to ``batch_size`` faces each."""
 
     def __init__(self, options: AnnotateOptions, run: RunOptions, batch_size: int):
-        from ..models import create_model
+        from ...models import create_model
 
         if run.threads:
             torch.set_num_threads(run.threads)
@@ -372,7 +373,7 @@ class ActorModel:
             except (GetTimeoutError, *lost_errors()):
                 self._gone.add(actor)
         if self._local is None:
-            from ..models import create_model
+            from ...models import create_model
 
             name, weights = self.model or (self.config.name, None)
             self._local = create_model(name, weights, "cpu", "fp32")
@@ -437,8 +438,8 @@ def segment_task(file: MediaFile, positions: tuple[int, int | None],
                  options: AnnotateOptions, run: RunOptions, classifier: ActorModel | None,
                  cwd: str, progress) -> list[Result]:  # noqa: ANN001 - a Ray actor handle
     """Detect and classify one segment of a video (its sampled frames at ``positions``):
-    :class:`~cage_cli.annotation.pipeline.Detections` pieces, then the done piece (with the decode
-    error, if any). No rows: the video's ``annotate_task`` tracks the segments in order."""
+    :class:`~cage_cli.annotation.running.pipeline.Detections` pieces, then the done piece (with the
+    decode error, if any). No rows: the video's ``annotate_task`` tracks the segments in order."""
     _chdir(cwd)
     progress.report.remote({}, (f"{task_tag([file])}:{positions[0]}", _node()))
     out: list[Result] = []
@@ -525,7 +526,7 @@ class RayPipeline:
 
     def __init__(self, options: AnnotateOptions, run: RunOptions, ray_options: RayOptions,
                  log: Callable[[str], None] = lambda line: None):
-        from ..models import create_model
+        from ...models import create_model
 
         self.options, self.run_options, self.ray_options = options, run, ray_options
         self.log = log if ray_options.events else (lambda line: None)

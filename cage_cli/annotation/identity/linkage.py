@@ -1,7 +1,7 @@
 """Who is who: link items (tracks, photo faces) into persons by their face embeddings.
 
 Agglomerative clustering of Euclidean distances between descriptors
-(cage_cli.annotation.embed), with cannot-link constraints: two items that can never be one
+(cage_cli.annotation.identity.embed), with cannot-link constraints: two items that can never be one
 person (two tracks of one source that overlap in time, two faces of one photo) never end up in
 one cluster, whatever their distance. Merging stops at ``threshold``. Cautious by design (a wrong
 merge mixes two people's data; a split only leaves one person under two ids): the default

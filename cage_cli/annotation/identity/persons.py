@@ -6,9 +6,9 @@ Three small steps, each a plain function:
   face that full detection found (photos; keyframes of videos), NaN for faces followed between
   keyframes. Not every frame: at full frame rate one face in ``detect_every``.
 * :func:`representatives`: per track, the mean descriptor of its best faces (at most
-  :data:`PER_TRACK`, by cage_cli.annotation.embed.face_quality: large and frontal first).
+  :data:`PER_TRACK`, by cage_cli.annotation.identity.embed.face_quality: large and frontal first).
 * :func:`assign` (when a video's last frame is in): its tracks linked into persons
-  (cage_cli.annotation.identity: two tracks seen at the same time are never one person),
+  (cage_cli.annotation.identity.linkage: two tracks seen at the same time are never one person),
   ``person_id`` on every face row, and each track's representative descriptor on the track's
   first row (``embedding``; null on the other rows) for run-wide linking (``cage persons``).
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..schema import LANDMARK_COLUMNS, SCHEMA
+from ...schema import LANDMARK_COLUMNS, SCHEMA
 from .embed import embed_crops, face_crops, face_quality
-from .identity import DEFAULT_THRESHOLD, link_persons, overlap_constraints
+from .linkage import DEFAULT_THRESHOLD, link_persons, overlap_constraints
 
 EMBEDDING_SIZE = 128  # faceapi-recognition's
 #: faces averaged into a track's descriptor (a track with none is a person of its own)
@@ -149,7 +149,7 @@ def assign(rows: pa.Table, media: str, threshold: float = DEFAULT_THRESHOLD) -> 
             embeddings[i] = reps[t]
         keep = np.zeros(len(tracks), bool)
         keep[list(first_row.values())] = True
-    from .infer import _embeddings, _numbers  # here: infer imports this module
+    from ..running.infer import _embeddings, _numbers  # here: infer imports this module
 
     # Arrays from buffers, not pa.array(): that imports pandas (0.2 s CPU; infer.py)
     person_col = _numbers(np.where(face & (person >= 0), person, np.nan), pa.int32())

@@ -1,15 +1,16 @@
 """Faces in a video as tracks: one ``track_id`` per person, numbered 0, 1, ... per video in
 order of first appearance. A pure function of (state, one frame's faces); no video needed.
 
-Two kinds of frames arrive (cage_cli.annotation.detect). On a keyframe, faces come from full
-detection and are associated with the live tracks by box overlap (IoU) with each track's predicted
-box (constant velocity from its last two sightings), the distance of the landmarks breaking near
-ties, greedily, best pair first; a face that matches no track starts a new one. Between keyframes,
-each face carries a *link* to the keyframe face it was followed from, and takes that face's id. A
-track unseen for more than ``gap`` seconds of video time is dead: a face after that gets a new id.
-Faces are not matched by appearance (no face embedding), so a person who leaves for longer than the
-gap comes back under a new id. A cut (a shot change, cage_cli.annotation.shots) ends every track
-(``new_shot``): no id carries over onto the next shot.
+Two kinds of frames arrive (cage_cli.annotation.detection.detect). On a keyframe, faces come from
+full detection and are associated with the live tracks by box overlap (IoU) with each track's
+predicted box (constant velocity from its last two sightings), the distance of the landmarks
+breaking near ties, greedily, best pair first; a face that matches no track starts a new one.
+Between keyframes, each face carries a *link* to the keyframe face it was followed from, and takes
+that face's id. A track unseen for more than ``gap`` seconds of video time is dead: a face after
+that gets a new id. Faces are not matched by appearance (no face embedding), so a person who
+leaves for longer than the gap comes back under a new id. A cut (a shot change,
+cage_cli.annotation.detection.shots) ends every track (``new_shot``): no id carries over onto the
+next shot.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.
@@ -27,8 +28,8 @@ MIN_IOU = 0.3
 #: weight of the landmark distance (in box heights) against IoU when ranking pairs
 LANDMARK_WEIGHT = 0.1
 #: --persons: a keyframe face whose descriptor is further than this (Euclidean,
-#: cage_cli.annotation.embed) from the mean of its track's is someone else, whatever the boxes
-#: say. Measured on ../shared/identity (docs/persons.md): a face is at most 0.38 from its own
+#: cage_cli.annotation.identity.embed) from the mean of its track's is someone else, whatever the
+#: boxes say. Measured on ../shared/identity (docs/persons.md): a face is at most 0.38 from its own
 #: person's mean, two people's faces at least 0.54 apart.
 APPEARANCE_GATE = 0.5
 

@@ -22,14 +22,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..models import DEFAULT_MODEL, ExpressionModel, create_model
-from . import persons, track
-from .decode import DecodeError, Frame, Sampling, frames
-from .detect import DetectOptions, Detector, Faces
-from .embed import load_embedding_model
-from .identity import DEFAULT_THRESHOLD
+from ...models import DEFAULT_MODEL, ExpressionModel, create_model
+from ..detection import track
+from ..detection.detect import DetectOptions, Detector, Faces
+from ..identity import persons
+from ..identity.embed import load_embedding_model
+from ..identity.linkage import DEFAULT_THRESHOLD
+from ..io.decode import DecodeError, Frame, Sampling, frames
+from ..io.inputs import MediaFile, discover
 from .infer import concat, submit_predictions, to_rows
-from .inputs import MediaFile, discover
 from .workers import Results, cpu_workers, release_memory, tune_malloc
 
 
@@ -44,13 +45,13 @@ class AnnotateOptions:
     keep_empty: bool = False
     #: videos: full detection at least every K frames of the video (at its own frame rate:
     #: on the first sampled frame of each block of K), and after every cut; faces are
-    #: followed on the sampled frames between (cage_cli.annotation.detect). 1: every sampled
-    #: frame detected in full.
+    #: followed on the sampled frames between (cage_cli.annotation.detection.detect). 1: every
+    #: sampled frame detected in full.
     detect_every: int = 5
     cuts: bool = True  # videos: find cuts (shots.py); a cut forces a keyframe, ends tracks
     track_gap: float = 1.0  # seconds of video time a track may go unseen (track.py)
     smooth: float | None = None  # per-track smoothing time constant in seconds; None: off
-    #: --persons: face descriptors and person ids (cage_cli.annotation.persons); opt-in,
+    #: --persons: face descriptors and person ids (cage_cli.annotation.identity.persons); opt-in,
     #: embeddings are biometric data
     persons: bool = False
     person_threshold: float = DEFAULT_THRESHOLD  # descriptor distance (identity.py)
@@ -198,9 +199,9 @@ class Pipeline:
         When a group is ready, the last group's classification is queued, then this group's
         detection, so the workers detect while this thread builds rows.
 
-        With ``positions`` (first, end; a segment of a ``--ray`` run, cage_cli.annotation.cluster),
-        videos give only their sampled frames at those positions, as :class:`Detections`
-        (see :meth:`rows`) instead of rows."""
+        With ``positions`` (first, end; a segment of a ``--ray`` run,
+        cage_cli.annotation.running.cluster), videos give only their sampled frames at those
+        positions, as :class:`Detections` (see :meth:`rows`) instead of rows."""
         return self.with_persons(self._run(files, positions))
 
     def _run(self, files: list[MediaFile],
@@ -371,8 +372,8 @@ class Pipeline:
 
     def with_persons(self, results: Iterable[Result]) -> Iterator[Result]:
         """--persons: a video's rows are held until its last frame, when its tracks are linked
-        into persons (cage_cli.annotation.persons); its pieces before carry only their frame
-        counts (progress). Other results pass unchanged."""
+        into persons (cage_cli.annotation.identity.persons); its pieces before carry only their
+        frame counts (progress). Other results pass unchanged."""
         held: dict[str, list[pa.RecordBatch]] = {}
         for r in results:
             if self.embedder is None or r.media != "video" or r.detections is not None:

@@ -1,0 +1,1 @@
+"""Faces in frames: MTCNN detection, cuts, and tracks through a video."""

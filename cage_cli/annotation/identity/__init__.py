@@ -1,0 +1,1 @@
+"""--persons: face descriptors, and the tracks and photos of one person linked."""

@@ -1,0 +1,1 @@
+"""Running the stages: the pipeline, model calls, worker threads, runs, progress and Ray."""
