@@ -317,3 +317,25 @@ def test_a_face_gets_the_same_values_in_any_batch() -> None:
             for key, values in together.items():
                 want = np.concatenate([a[key] for a in alone[:n]])
                 np.testing.assert_array_equal(values, want, f"{name} {key}, batch of {n}")
+
+
+def test_freed_memory_is_kept_within_a_video_and_handed_back_between_files(
+        monkeypatch, tmp_path: Path) -> None:
+    """Within a video the heap is reused (a trim after every group made each frame page-fault its
+    detection memory in again: docs/performance.md, "Memory"); after a file it goes back."""
+    import shutil
+
+    from cage_cli.annotation.io.inputs import MediaFile
+    from cage_cli.annotation.running import pipeline
+    from cage_cli.annotation.running.pipeline import AnnotateOptions, Pipeline, RunOptions
+
+    trims: list[int] = []
+    monkeypatch.setattr(pipeline, "release_memory", lambda: trims.append(1))
+    again = tmp_path / "again.mp4"
+    shutil.copy(CLIP, again)
+    files = [MediaFile(str(CLIP), "video"), MediaFile(str(SINGLE), "image"),
+             MediaFile(str(again), "video")]
+    results = list(Pipeline(AnnotateOptions(), RunOptions(frames_per_batch=16)).run(files))
+    assert sum(r.frames for r in results) == 231  # 8 groups, the photo, 8 groups
+    assert [r.source for r in results if r.done] == [str(CLIP), str(SINGLE), str(again)]
+    assert 1 <= len(trims) <= 2  # after the groups where the first two files ended, not all 16

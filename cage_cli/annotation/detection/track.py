@@ -7,10 +7,11 @@ predicted box (constant velocity from its last two sightings), the distance of t
 breaking near ties, greedily, best pair first; a face that matches no track starts a new one.
 Between keyframes, each face carries a *link* to the keyframe face it was followed from, and takes
 that face's id. A track unseen for more than ``gap`` seconds of video time is dead: a face after
-that gets a new id. Faces are not matched by appearance (no face embedding), so a person who
-leaves for longer than the gap comes back under a new id. A cut (a shot change,
-cage_cli.annotation.detection.shots) ends every track (``new_shot``): no id carries over onto the
-next shot.
+that gets a new id. Without ``--persons`` faces are not matched by appearance, so a person who
+leaves for longer than the gap comes back under a new id (``--persons`` links such tracks into
+one ``person_id`` afterwards, and its descriptors gate every keyframe match: APPEARANCE_GATE).
+A cut (a shot change, cage_cli.annotation.detection.shots) ends every track (``new_shot``): no
+id carries over onto the next shot.
 
 ``smooth`` is the optional per-track smoothing of the predictions (--smooth): a causal
 exponential moving average, so every value depends only on this and earlier frames.
