@@ -54,7 +54,7 @@ class AnnotateOptions:
     #: --persons: face descriptors and person ids (cage_cli.annotation.identity.persons); opt-in,
     #: embeddings are biometric data
     persons: bool = False
-    person_threshold: float = DEFAULT_THRESHOLD  # descriptor distance (identity.py)
+    person_threshold: float = DEFAULT_THRESHOLD  # descriptor distance (identity/linkage.py)
 
 
 @dataclass(frozen=True)
