@@ -296,6 +296,20 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
     from rich.table import Table
     from rich.text import Text
 
+    def group_table(title: str, columns: tuple[str, ...], cells: list[list[str]],
+                    groups: list[dict]) -> Table:
+        """A video's persons or tracks: their own columns, then expression and affect."""
+        t = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False)
+        for col in columns:
+            t.add_column(col, justify="right")
+        t.add_column("dominant\nexpression")
+        t.add_column("mean\nvalence", justify="right")
+        t.add_column("mean\narousal", justify="right")
+        for row, k in zip(cells, groups, strict=True):
+            t.add_row(*row, _dom(k), _fmt(k["mean_valence"]), _fmt(k["mean_arousal"]))
+        return t
+
     names = [r["source"] for r in summary["sources"]]
     parent = _common_parent(names)
     caption = f"sources in {parent}" if parent else None
@@ -349,41 +363,23 @@ def print_summary(summary: dict[str, Any], console, title: str = "cage summary",
         persons = r.get("persons")
         if persons and max_tracks > 0:
             shown = longest_tracks(persons, max_tracks, "person_id")
-            pt = Table(title=Text(f"persons in {name_of(r['source'])}: {len(persons)}"
-                                  + (f" (the {len(shown)} longest on screen)"
-                                     if len(shown) < len(persons) else "")),
-                       title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                       pad_edge=False)
-            for col in ("person", "tracks", "frames", "on screen\n(s)", "first (s)",
-                        "last (s)"):
-                pt.add_column(col, justify="right")
-            pt.add_column("dominant\nexpression")
-            pt.add_column("mean\nvalence", justify="right")
-            pt.add_column("mean\narousal", justify="right")
-            for k in shown:
-                pt.add_row(str(k["person_id"]), str(k["tracks"]), str(k["frames"]),
-                           _secs(k["time_on_screen_s"]), _secs(k["first_s"]),
-                           _secs(k["last_s"]), _dom(k), _fmt(k["mean_valence"]),
-                           _fmt(k["mean_arousal"]))
-            console.print(pt)
+            console.print(group_table(
+                f"persons in {name_of(r['source'])}: {len(persons)}"
+                + (f" (the {len(shown)} longest on screen)" if len(shown) < len(persons) else ""),
+                ("person", "tracks", "frames", "on screen\n(s)", "first (s)", "last (s)"),
+                [[str(k["person_id"]), str(k["tracks"]), str(k["frames"]),
+                  _secs(k["time_on_screen_s"]), _secs(k["first_s"]), _secs(k["last_s"])]
+                 for k in shown], shown))
         tracks = r.get("tracks")
         if tracks is None or max_tracks <= 0:
             continue
         shown = longest_tracks(tracks, max_tracks)
-        tt = Table(title=Text(f"tracks in {name_of(r['source'])}: {len(tracks)}"
-                              + (f" (the {len(shown)} longest)" if len(shown) < len(tracks)
-                                 else "")),
-                   title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for col in ("track", "frames", "first (s)", "last (s)"):
-            tt.add_column(col, justify="right")
-        tt.add_column("dominant\nexpression")
-        tt.add_column("mean\nvalence", justify="right")
-        tt.add_column("mean\narousal", justify="right")
-        for k in shown:
-            tt.add_row(str(k["track_id"]), str(k["frames"]), _secs(k["first_s"]),
-                       _secs(k["last_s"]), _dom(k), _fmt(k["mean_valence"]),
-                       _fmt(k["mean_arousal"]))
-        console.print(tt)
+        console.print(group_table(
+            f"tracks in {name_of(r['source'])}: {len(tracks)}"
+            + (f" (the {len(shown)} longest)" if len(shown) < len(tracks) else ""),
+            ("track", "frames", "first (s)", "last (s)"),
+            [[str(k["track_id"]), str(k["frames"]), _secs(k["first_s"]), _secs(k["last_s"])]
+             for k in shown], shown))
     untracked = [r for r in videos if r.get("tracks") is None]
     if untracked:
         say(f"tracks: not available for {len(untracked)} of {len(videos)} videos (their rows "
