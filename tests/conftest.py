@@ -53,6 +53,16 @@ def read(path: Path) -> pa.Table:
     return pq.read_table(path)
 
 
+@pytest.fixture(scope="module")
+def local(request, tmp_path_factory) -> pa.Table:
+    """The reference the --ray tests compare with: an ordinary local run over the shared media,
+    with the test module's ``SAMPLING`` options."""
+    out = tmp_path_factory.mktemp("local") / "local.parquet"
+    r = cage("annotate", MEDIA, "-o", out, *request.module.SAMPLING)
+    assert r.exit_code == 0, r.stderr
+    return read(out)
+
+
 @pytest.fixture(scope="session")
 def s3():
     """A real S3 API on 127.0.0.1 (moto's server) with a bucket ``bkt``: yields the URI of a

@@ -43,15 +43,6 @@ def ray_address():
         ray.shutdown()  # stops every Ray process this started
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory) -> pa.Table:
-    """The reference: an ordinary local run over the shared media."""
-    out = tmp_path_factory.mktemp("local") / "local.parquet"
-    r = cage("annotate", MEDIA, "-o", out, *SAMPLING)
-    assert r.exit_code == 0, r.stderr
-    return read(out)
-
-
 def kill_one(killed: list[int], task: str = "annotate_task", holding: Path | None = None) -> None:
     """SIGKILL a Ray worker 1 s into a ``task`` (the model is loaded, frames are in flight).
     With ``holding``, the worker whose task has that input open, at once: which of the tasks

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MEDIA, cage, read
+from conftest import MEDIA
 from test_runs import assert_same_rows
 
 from cage_cli.annotation.running.cluster import have_ray
@@ -124,15 +124,6 @@ def cluster(port: int, token: bool, loopback: bool) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory) -> pa.Table:
-    """The reference: an ordinary local run over the shared media."""
-    out = tmp_path_factory.mktemp("local") / "local.parquet"
-    r = cage("annotate", MEDIA, "-o", out, *SAMPLING)
-    assert r.exit_code == 0, r.stderr
-    return read(out)
 
 
 def kill_second_node(c: Cluster, killed: list[float]) -> None:
